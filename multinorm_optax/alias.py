@@ -1,0 +1,164 @@
+"""The paper's full optimizers: normalized updates for hidden matrices, AdamW for the rest."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import optax
+
+from multinorm_optax import multinorm as mn
+
+MATRIX = "multinorm"
+ADAM = "adam"
+
+# Path components that mark a parameter for AdamW whatever its shape: the
+# paper's recipe normalizes hidden weight matrices only.
+_ADAM_SUBSTRINGS = ("embed", "lm_head", "norm", "bias")
+_ADAM_NAMES = frozenset({"head", "wte", "wpe", "output", "logits", "scale", "classifier"})
+
+
+def default_param_labels(params) -> Any:
+  """Labels each leaf ``'multinorm'`` (hidden matrices) or ``'adam'`` (the rest).
+
+  A leaf goes to AdamW when it has fewer than two axes (biases, norm scales,
+  scalars), or when a component of its path names an embedding, the LM head,
+  a norm or a bias: a component containing one of ``embed, lm_head, norm,
+  bias``, or equal to one of ``head, wte, wpe, output, logits, scale,
+  classifier`` (case-insensitive). Everything else with two or more axes is a
+  hidden matrix.
+  """
+
+  def label(path, leaf) -> str:
+    if len(getattr(leaf, "shape", ())) < 2:
+      return ADAM
+    for part in mn.path_str(path).lower().split("/"):
+      if part in _ADAM_NAMES or any(s in part for s in _ADAM_SUBSTRINGS):
+        return ADAM
+    return MATRIX
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _times(alpha, learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+  if callable(learning_rate):
+    return lambda count: alpha * learning_rate(count)
+  return alpha * learning_rate
+
+
+def multinorm_recipe(
+    scale_by_normalization: optax.GradientTransformation,
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    alpha: float,
+    weight_decay: float,
+    adam_learning_rate: optax.ScalarOrSchedule | None,
+    adam_b1: float,
+    adam_b2: float,
+    adam_eps: float,
+    adam_weight_decay: float | None,
+    param_labels: Any | Callable[[Any], Any] | None,
+) -> optax.GradientTransformation:
+  """Partitions the tree: matrices get ``-alpha*lr * (normalized g + wd * p)``, the rest AdamW."""
+  matrices = optax.chain(
+      scale_by_normalization,
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(_times(alpha, learning_rate)),
+  )
+  rest = optax.adamw(
+      learning_rate if adam_learning_rate is None else adam_learning_rate,
+      b1=adam_b1,
+      b2=adam_b2,
+      eps=adam_eps,
+      weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
+  )
+  labels = default_param_labels if param_labels is None else param_labels
+  return optax.partition({MATRIX: matrices, ADAM: rest}, labels)
+
+
+def sinkgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    alpha: float = 0.05,
+    num_iters: int = 5,
+    weight_decay: float = 0.0,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.999,
+    adam_eps: float = 1e-8,
+    adam_weight_decay: float | None = None,
+    param_labels: Any | Callable[[Any], Any] | None = None,
+    dimension_numbers: mn.DimensionNumbersSpec = None,
+) -> optax.GradientTransformation:
+  r"""SinkGD, the paper's recipe (Scetbon et al., 2025, Algorithm 3 + Section 5).
+
+  For hidden weight matrices (label ``'multinorm'``), with ``G_L`` the SR-Sinkhorn
+  normalization of the gradient (:func:`scale_by_sinkgd`, ``L = num_iters``):
+
+  .. math:: W \leftarrow W - \alpha\,\eta_t\,(G_L + \lambda W)
+
+  Embeddings, the LM head, norm scales, biases and every leaf with fewer than
+  two axes (label ``'adam'``) get AdamW with ``adam_learning_rate`` (default
+  ``learning_rate``), betas ``(adam_b1, adam_b2)`` and weight decay
+  ``adam_weight_decay`` (default ``weight_decay``).
+
+  Args:
+    learning_rate: ``eta``, a float or an optax schedule.
+    alpha: the paper's scale of the normalized update relative to Adam's lr (0.05).
+    num_iters: ``L``, SR-Sinkhorn rounds (5).
+    weight_decay: decoupled weight decay ``lambda`` for the matrices.
+    param_labels: a tree of ``'multinorm'``/``'adam'`` labels like the params,
+      or a callable ``params -> labels``; default :func:`default_param_labels`.
+    dimension_numbers: fan_in/fan_out axes of the matrices, see :func:`multinorm`.
+
+  Returns:
+    An ``optax.GradientTransformation``; its only state is AdamW's for the
+    ``'adam'`` leaves and step counts.
+  """
+  return multinorm_recipe(
+      mn.scale_by_sinkgd(num_iters, dimension_numbers=dimension_numbers),
+      learning_rate,
+      alpha=alpha,
+      weight_decay=weight_decay,
+      adam_learning_rate=adam_learning_rate,
+      adam_b1=adam_b1,
+      adam_b2=adam_b2,
+      adam_eps=adam_eps,
+      adam_weight_decay=adam_weight_decay,
+      param_labels=param_labels,
+  )
+
+
+def swan(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    alpha: float = 0.05,
+    ns_steps: int = 10,
+    rescale: bool = True,
+    weight_decay: float = 0.0,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.999,
+    adam_eps: float = 1e-8,
+    adam_weight_decay: float | None = None,
+    param_labels: Any | Callable[[Any], Any] | None = None,
+    dimension_numbers: mn.DimensionNumbersSpec = None,
+) -> optax.GradientTransformation:
+  r"""SWAN (Ma et al., 2024, arXiv 2412.13148) with the same recipe as :func:`sinkgd`.
+
+  Hidden matrices: ``W <- W - alpha * eta * (swan(G) + lambda W)`` with
+  :func:`scale_by_swan` (GradNorm, then GradWhitening by ``ns_steps``
+  Newton-Schulz steps, rescaled to RMS 1 when ``rescale``); the rest AdamW.
+  """
+  return multinorm_recipe(
+      mn.scale_by_swan(ns_steps=ns_steps, rescale=rescale, dimension_numbers=dimension_numbers),
+      learning_rate,
+      alpha=alpha,
+      weight_decay=weight_decay,
+      adam_learning_rate=adam_learning_rate,
+      adam_b1=adam_b1,
+      adam_b2=adam_b2,
+      adam_eps=adam_eps,
+      adam_weight_decay=adam_weight_decay,
+      param_labels=param_labels,
+  )

@@ -1,0 +1,254 @@
+"""Multi-normalized gradient descent (MNGD) as stateless Optax transforms.
+
+MNGD (Scetbon et al., 2025, arXiv 2502.06742, Algorithm 1) normalizes the
+instantaneous gradient of each weight matrix with respect to several norms at
+once by alternating projections: with normalizers ``P_1 .. P_K``,
+
+.. math::
+   G_0 = G, \qquad G_t = P_K \circ \dots \circ P_1 (G_{t-1}), \quad t = 1..L,
+
+and the update direction is ``G_L``. No optimizer state is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from multinorm_optax import layout as layout_lib
+from multinorm_optax import normalizers as norms
+from multinorm_optax.layout import DimensionNumbers
+
+Normalizer = Callable[[jax.Array], jax.Array]
+# None, one DimensionNumbers for every leaf, a tree (prefix) of them with None
+# for leaves to leave untouched, or a callable (path, leaf) -> DimensionNumbers | None.
+DimensionNumbersSpec = Any
+
+
+def path_str(path) -> str:
+  """A tree path as ``'layers/0/attn/q_proj/kernel'``."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def alternate_normalizers(
+    g: jax.Array, normalizers: Sequence[Normalizer], num_iters
+) -> jax.Array:
+  r"""The alternating scheme on one matrix ``g`` of shape ``(m, n)``.
+
+  .. math:: G_L = (P_K \circ \dots \circ P_1)^{L} (G / \max_{ij} |G_{ij}|)
+
+  The first division is exact for the result, because every normalizer is
+  invariant to positive scaling, and it keeps squares of the entries inside
+  float32's range for gradients from 1e-30 to 1e30.
+
+  Non-finite policy: if ``g`` holds a NaN or Inf, the whole result is NaN, so
+  ``optax.apply_if_finite`` (or a NaN check on the loss) can skip the step
+  instead of applying a partly normalized update.
+  """
+  if g.size == 0:
+    return g
+  x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+  amax = jnp.max(jnp.abs(x))
+  x = x * norms._safe_ratio(1.0, amax)
+
+  def one_round(_, x):
+    for normalize in normalizers:
+      x = normalize(x)
+    return x
+
+  if isinstance(num_iters, int):
+    for i in range(num_iters):
+      x = one_round(i, x)
+  else:  # a traced count, e.g. under optax.inject_hyperparams
+    x = jax.lax.fori_loop(0, num_iters, one_round, x)
+  x = jnp.where(jnp.isfinite(amax), x, jnp.nan)
+  return x.astype(g.dtype)
+
+
+def fixed_point_residual(normalizers: Sequence[Normalizer], x: jax.Array) -> jax.Array:
+  r"""Distance of ``x`` (canonical ``(..., m, n)``) from a joint fixed point.
+
+  .. math:: r(X) = \max_k \lVert P_k(X) - X \rVert_F / \lVert X \rVert_F
+
+  Zero exactly when every normalizer leaves ``X`` unchanged, i.e. ``X`` lies
+  on all the spheres at once. Returns one value per matrix (batch shape).
+  """
+  x = x.astype(jnp.float32)
+  scale = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1)))
+  residuals = [
+      jnp.sqrt(jnp.sum(jnp.square(p(x).astype(jnp.float32) - x), axis=(-2, -1)))
+      for p in normalizers
+  ]
+  return norms._safe_ratio(jnp.max(jnp.stack(residuals), axis=0), scale)
+
+
+def _check_leaf(name: str, leaf) -> None:
+  dtype = jnp.dtype(leaf.dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    kind = "complex" if jnp.issubdtype(dtype, jnp.complexfloating) else "non-float"
+    raise ValueError(
+        f"multinorm: leaf '{name}' has {kind} dtype {dtype}; only real floating "
+        "gradients can be normalized"
+    )
+
+
+def leaf_layouts(spec: DimensionNumbersSpec, tree) -> list:
+  """Each leaf's CanonicalLayout (None: leave it unchanged), in flattening order.
+
+  Raises:
+    ValueError: naming the leaf's path and shape when its spec does not fit,
+      when it is not a real float, or when the default spec meets a leaf with
+      fewer than two axes.
+  """
+  leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
+  if spec is None or isinstance(spec, DimensionNumbers):
+    specs = [spec] * len(leaves_with_path)
+  elif callable(spec):
+    specs = [spec(path_str(p), x) or _SKIP for p, x in leaves_with_path]
+  else:  # a tree prefix: broadcast each spec over the subtree below it
+    is_spec = lambda x: x is None or isinstance(x, DimensionNumbers)
+    broadcast = jax.tree_util.tree_map(
+        lambda dn, sub: jax.tree_util.tree_map(lambda _: dn or _SKIP, sub),
+        spec, tree, is_leaf=is_spec,
+    )
+    specs = jax.tree_util.tree_leaves(broadcast, is_leaf=is_spec)
+  return [_layout(path_str(p), x, dn) for (p, x), dn in zip(leaves_with_path, specs)]
+
+
+# Marks a leaf that the user's spec leaves unchanged, as opposed to None = default.
+_SKIP = DimensionNumbers((), ())
+
+
+def _layout(name: str, leaf, dn) -> layout_lib.CanonicalLayout | None:
+  if dn is _SKIP:
+    return None
+  if dn is None:
+    dn = layout_lib.default_dimension_numbers(leaf.shape)
+    if dn is None:
+      raise ValueError(
+          f"multinorm: leaf '{name}' with shape {tuple(leaf.shape)} is not a "
+          "matrix; give it dimension_numbers None to leave it unchanged, or use "
+          "sinkgd()/swan(), which send such leaves to AdamW"
+      )
+  _check_leaf(name, leaf)
+  return layout_lib.canonical_layout(leaf.shape, dn, name=f"multinorm: leaf '{name}'")
+
+
+def multinorm(
+    normalizers: Sequence[Normalizer],
+    num_iters: int = 1,
+    *,
+    dimension_numbers: DimensionNumbersSpec = None,
+) -> optax.GradientTransformation:
+  r"""MNGD: alternate ``normalizers`` on every matrix gradient, ``num_iters`` times.
+
+  For each leaf the gradient is viewed as ``(*batch, m, n)`` with
+  ``m = fan_out`` and ``n = fan_in`` (see :class:`DimensionNumbers`), then
+
+  .. math:: G_L = (P_K \circ \dots \circ P_1)^{L}(G)
+
+  is computed for every matrix of the batch and mapped back to the leaf's
+  layout and dtype. Norms are computed in float32. The state is empty.
+
+  Args:
+    normalizers: functions ``P_k`` from one canonical ``(m, n)`` matrix to one
+      of the same shape, each a projection onto one norm's sphere (positively
+      scale-invariant), e.g. :func:`row_l2`, :func:`col_l2`, or your own.
+    num_iters: ``L``, rounds of the alternating scheme.
+    dimension_numbers: None (Flax layout: the last two axes are ``(fan_in,
+      fan_out)``, leading axes are batch; leaves with fewer than two axes raise),
+      one :class:`DimensionNumbers` for all leaves, a tree of them (a prefix of
+      the gradient tree; None leaves a subtree unchanged), or a callable
+      ``(path, leaf) -> DimensionNumbers | None``.
+
+  Returns:
+    An ``optax.GradientTransformation`` with empty state.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless and
+    Scalable LLM Training*, 2025, arXiv 2502.06742.
+  """
+  normalizers = tuple(normalizers)
+  if not normalizers:
+    raise ValueError("multinorm: normalizers is empty; give at least one")
+  if isinstance(num_iters, int) and num_iters < 1:
+    raise ValueError(f"multinorm: num_iters must be >= 1, got {num_iters}")
+
+  def init_fn(params):
+    leaf_layouts(dimension_numbers, params)  # fail early on specs that do not fit
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    flat, treedef = jax.tree_util.tree_flatten(updates)
+    layouts = leaf_layouts(dimension_numbers, updates)
+    return treedef.unflatten([_normalize_leaf(g, lay) for g, lay in zip(flat, layouts)]), state
+
+  def _normalize_leaf(g, lay):
+    if lay is None:
+      return g
+    out = layout_lib.map_batch(
+        lambda mat: alternate_normalizers(mat, normalizers, num_iters),
+        layout_lib.to_canonical(g, lay),
+        len(lay.batch_axes),
+    )
+    return layout_lib.from_canonical(out, lay)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_sinkgd(
+    num_iters: int = 5, *, dimension_numbers: DimensionNumbersSpec = None
+) -> optax.GradientTransformation:
+  r"""SR-Sinkhorn (the paper's Algorithm 3): rows to ``sqrt(n)``, then columns to ``sqrt(m)``.
+
+  .. math:: G_t = P_{col}(P_{row}(G_{t-1})), \quad t = 1..L
+
+  On the paper's ``(m, n) = (fan_out, fan_in)`` layout; a Flax kernel is its
+  transpose. After the last (column) step every column has norm ``sqrt(m)``
+  exactly; the row norms approach ``sqrt(n)`` as ``L`` grows.
+  """
+  return multinorm(
+      [norms.row_l2, norms.col_l2], num_iters, dimension_numbers=dimension_numbers
+  )
+
+
+def scale_by_swan(
+    *, ns_steps: int = 10, rescale: bool = True, dimension_numbers: DimensionNumbersSpec = None
+) -> optax.GradientTransformation:
+  r"""SWAN: GradNorm (row standardization) then GradWhitening, one round.
+
+  .. math:: \Delta = \sqrt{\max(m, n)}\,(\tilde G \tilde G^\top)^{-1/2} \tilde G,
+     \qquad \tilde G = \mathrm{row\_standardize}(G)
+
+  With ``rescale=True`` (SWAN's optional rescaling) the whitened update is
+  scaled back to the Frobenius norm of ``\tilde G``, ``sqrt(mn)``, i.e. RMS 1
+  like SinkGD's, so learning rates transfer between the two; this is
+  ``multinorm([row_standardize, whiten, rms], 1)``. With ``rescale=False`` it
+  is exactly ``multinorm([row_standardize, whiten], 1)``.
+
+  References:
+    Ma, Gong, Scetbon, Meeds, *SWAN: SGD with Normalization and Whitening
+    Enables Stateless LLM Training*, 2024, arXiv 2412.13148.
+  """
+  whiten = norms.whiten if ns_steps == 10 else _partial_whiten(ns_steps)
+  chain = [norms.row_standardize, whiten] + ([norms.rms] if rescale else [])
+  return multinorm(chain, 1, dimension_numbers=dimension_numbers)
+
+
+def _partial_whiten(ns_steps: int) -> Normalizer:
+  def whiten(g):
+    return norms.whiten(g, ns_steps=ns_steps)
+
+  return whiten
