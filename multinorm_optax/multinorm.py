@@ -1,4 +1,4 @@
-"""Multi-normalized gradient descent (MNGD) as stateless Optax transforms.
+r"""Multi-normalized gradient descent (MNGD) as stateless Optax transforms.
 
 MNGD (Scetbon et al., 2025, arXiv 2502.06742, Algorithm 1) normalizes the
 instantaneous gradient of each weight matrix with respect to several norms at
@@ -229,13 +229,15 @@ def scale_by_swan(
 ) -> optax.GradientTransformation:
   r"""SWAN: GradNorm (row standardization) then GradWhitening, one round.
 
-  .. math:: \Delta = \sqrt{\max(m, n)}\,(\tilde G \tilde G^\top)^{-1/2} \tilde G,
-     \qquad \tilde G = \mathrm{row\_standardize}(G)
+  .. math:: \Delta = \frac{\lVert \tilde G \rVert_F}{\lVert W \rVert_F} W, \quad
+     W = (\tilde G \tilde G^\top)^{-1/2} \tilde G, \quad
+     \tilde G = \mathrm{row\_standardize}(G)
 
   With ``rescale=True`` (SWAN's optional rescaling) the whitened update is
-  scaled back to the Frobenius norm of ``\tilde G``, ``sqrt(mn)``, i.e. RMS 1
-  like SinkGD's, so learning rates transfer between the two; this is
-  ``multinorm([row_standardize, whiten, rms], 1)``. With ``rescale=False`` it
+  scaled back to the Frobenius norm of ``\tilde G``, ``sqrt(mn)``: RMS 1 like
+  SinkGD's updates, so learning rates transfer between the two (for a
+  full-rank ``\tilde G`` the factor is ``sqrt(max(m, n))``). This is
+  ``multinorm([row_standardize, whiten, rms], 1)``; with ``rescale=False`` it
   is exactly ``multinorm([row_standardize, whiten], 1)``.
 
   References:

@@ -117,7 +117,9 @@ def whiten(g: Array, *, ns_steps: int = 10) -> Array:
   ``lambda << 1`` grows by about 2.25x per step first, so ``ns_steps=10``
   (our default, a choice: the SWAN paper does not fix a count we could verify)
   resolves condition numbers of ``A`` up to about 1e3 to better than 1e-3.
-  Use ``functools.partial(whiten, ns_steps=k)`` for another count.
+  Use ``functools.partial(whiten, ns_steps=k)`` for another count; keep
+  ``k <= 20``: directions in the null space of a rank-deficient ``A`` grow by
+  1.5x per step, so rounding noise there would eventually be amplified.
 
   The matrix products need the whole matrix; on a mesh with Explicit axes the
   computation runs with Auto axes (GSPMD chooses the collectives) and the result

@@ -1,0 +1,254 @@
+"""MNGD, SinkGD and SWAN transforms: the paper's math, layouts and numerics."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import multinorm_optax as mo
+from multinorm_optax import DimensionNumbers
+from tests import reference
+
+
+def _rand(shape, seed=0, scale=1.0):
+  rng = np.random.default_rng(seed)
+  return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def _update(tx, grads):
+  updates, _ = jax.jit(tx.update)(grads, tx.init(grads))
+  return updates
+
+
+# --- the paper's math, on the paper's layout ---------------------------------
+
+
+@pytest.mark.parametrize("m,n", [(16, 16), (256, 8), (8, 256), (48, 20)])
+@pytest.mark.parametrize("num_iters", [1, 5])
+def test_sinkgd_on_flax_kernel_equals_reference_on_its_transpose(m, n, num_iters):
+  g = _rand((m, n), seed=m + n)  # paper layout (fan_out, fan_in)
+  kernel_grad = {"kernel": jnp.asarray(g.T)}  # Flax layout (fan_in, fan_out)
+  out = _update(mo.scale_by_sinkgd(num_iters), kernel_grad)["kernel"]
+  chex.assert_shape(out, (n, m))
+  np.testing.assert_allclose(np.asarray(out).T, reference.sr_sinkhorn(g, num_iters), rtol=2e-5, atol=2e-5)
+
+
+def test_layout_matters_rows_first_on_the_transpose_is_a_different_update():
+  g = _rand((32, 8), seed=3)
+  right = reference.sr_sinkhorn(g, 1)
+  wrong = reference.sr_sinkhorn(g.T, 1).T  # forgetting that Flax kernels are transposed
+  assert np.abs(right - wrong).max() > 1e-2
+  out = _update(mo.scale_by_sinkgd(1), {"kernel": jnp.asarray(g.T)})["kernel"]
+  np.testing.assert_allclose(np.asarray(out).T, right, rtol=2e-5, atol=2e-5)
+
+
+def test_pytorch_layout_via_dimension_numbers_equals_reference_directly():
+  g = _rand((24, 40), seed=4)  # (out, in) like torch.nn.Linear.weight
+  tx = mo.scale_by_sinkgd(5, dimension_numbers=DimensionNumbers(reduction_axis=1, output_axis=0))
+  out = _update(tx, {"w": jnp.asarray(g)})["w"]
+  np.testing.assert_allclose(np.asarray(out), reference.sr_sinkhorn(g, 5), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("m,n", [(64, 16), (16, 64)])
+def test_swan_equals_reference(m, n):
+  g = _rand((m, n), seed=7)
+  out = _update(mo.scale_by_swan(), {"kernel": jnp.asarray(g.T)})["kernel"]
+  np.testing.assert_allclose(np.asarray(out).T, reference.swan(g), atol=5e-3 * np.sqrt(max(m, n)))
+  unscaled = _update(mo.scale_by_swan(rescale=False), {"kernel": jnp.asarray(g.T)})["kernel"]
+  nonzero = np.linalg.svd(np.asarray(unscaled, np.float64), compute_uv=False)[: min(m, n) - (m >= n)]
+  np.testing.assert_allclose(nonzero, 1.0, atol=5e-3)
+
+
+def test_swan_is_multinorm_of_row_standardize_then_whiten():
+  g = {"kernel": jnp.asarray(_rand((40, 24), seed=8))}
+  chex.assert_trees_all_close(
+      _update(mo.scale_by_swan(rescale=False), g),
+      _update(mo.multinorm([mo.row_standardize, mo.whiten], 1), g),
+  )
+
+
+# --- fixed points --------------------------------------------------------------
+
+
+def test_after_last_column_step_every_column_norm_is_sqrt_m():
+  m, n = 48, 20
+  g = _rand((m, n), seed=9)
+  out = np.asarray(_update(mo.scale_by_sinkgd(5), {"k": jnp.asarray(g.T)})["k"], np.float64).T
+  np.testing.assert_allclose(np.linalg.norm(out, axis=0), np.sqrt(m), rtol=1e-6)
+
+
+def test_row_norms_approach_sqrt_n_and_residual_shrinks_with_num_iters():
+  m, n = 48, 20
+  g = jnp.asarray(_rand((m, n), seed=10) * np.linspace(0.1, 3.0, n, dtype=np.float32))
+  pair = [mo.row_l2, mo.col_l2]
+  residuals, row_errors = [], []
+  for num_iters in (1, 2, 5, 20):
+    out = mo.alternate_normalizers(g, pair, num_iters)
+    residuals.append(float(mo.fixed_point_residual(pair, out)))
+    row_errors.append(float(jnp.max(jnp.abs(jnp.linalg.norm(out, axis=1) - np.sqrt(n)))))
+  assert all(a > b for a, b in zip(residuals, residuals[1:])), residuals
+  assert all(a > b for a, b in zip(row_errors, row_errors[1:])), row_errors
+  assert residuals[-1] < 1e-3 * residuals[0]
+
+
+def test_fixed_point_residual_is_zero_on_a_joint_fixed_point_and_positive_elsewhere():
+  ones = jnp.ones((6, 10))  # every row has norm sqrt(10), every column sqrt(6)
+  assert float(mo.fixed_point_residual([mo.row_l2, mo.col_l2], ones)) < 1e-6
+  assert float(mo.fixed_point_residual([mo.row_l2, mo.col_l2], jnp.asarray(_rand((6, 10))))) > 1e-2
+  chex.assert_shape(mo.fixed_point_residual([mo.row_l2], jnp.ones((3, 6, 10))), (3,))
+
+
+def test_user_written_normalizer_is_alternated_like_the_builtins():
+  def my_col_l2(g):  # a user's own projection, written on one (m, n) matrix
+    return g * jnp.sqrt(g.shape[0]) / jnp.linalg.norm(g, axis=0, keepdims=True)
+
+  g = {"k": jnp.asarray(_rand((12, 30), seed=11))}
+  chex.assert_trees_all_close(
+      _update(mo.multinorm([mo.row_l2, my_col_l2], 3), g),
+      _update(mo.scale_by_sinkgd(3), g), rtol=1e-5,
+  )
+
+
+# --- numerics --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tx", [mo.scale_by_sinkgd(5), mo.scale_by_swan()], ids=["sinkgd", "swan"])
+def test_zero_gradient_gives_zero_update(tx):
+  zero = {"k": jnp.zeros((16, 8))}
+  chex.assert_trees_all_equal(_update(tx, zero), zero)
+
+
+def test_zero_rows_and_columns_stay_zero_without_nan_or_blowup():
+  g = _rand((20, 12), seed=12)  # Flax (fan_in, fan_out)
+  g[3, :] = 0.0
+  g[:, 5] = 0.0
+  out = np.asarray(_update(mo.scale_by_sinkgd(5), {"k": jnp.asarray(g)})["k"])
+  chex.assert_tree_all_finite(out)
+  assert np.all(out[3, :] == 0.0) and np.all(out[:, 5] == 0.0)
+  assert np.abs(out).max() <= np.sqrt(20) + 1e-4  # bounded by a row's target norm
+  single = np.zeros((20, 12), np.float32)
+  single[2, 7] = 1e-3  # one non-zero entry: it becomes a unit-norm scaled value, no Inf
+  out = np.asarray(_update(mo.scale_by_sinkgd(5), {"k": jnp.asarray(single)})["k"])
+  chex.assert_tree_all_finite(out)
+  assert np.count_nonzero(out) == 1 and 0 < abs(out[2, 7]) <= np.sqrt(20)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20, 1e30])
+@pytest.mark.parametrize("tx", [mo.scale_by_sinkgd(5), mo.scale_by_swan()], ids=["sinkgd", "swan"])
+def test_update_is_scale_invariant_over_float32_range(tx, scale):
+  g = _rand((24, 40), seed=13)
+  base = _update(tx, {"k": jnp.asarray(g)})
+  scaled = _update(tx, {"k": jnp.asarray(g * np.float32(scale))})
+  chex.assert_tree_all_finite(scaled)
+  chex.assert_trees_all_close(scaled, base, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_gradients_keep_dtype_and_match_float32_math(dtype):
+  g = jnp.asarray(_rand((32, 16), seed=14)).astype(dtype)
+  out = _update(mo.scale_by_sinkgd(5), {"k": g})["k"]
+  chex.assert_type(out, dtype)
+  expected = _update(mo.scale_by_sinkgd(5), {"k": g.astype(jnp.float32)})["k"]
+  chex.assert_trees_all_close(out.astype(jnp.float32), expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_gradient_gives_all_nan_update_and_apply_if_finite_skips(bad):
+  g = _rand((8, 6), seed=15)
+  g[2, 3] = bad
+  grads = {"k": jnp.asarray(g), "ok": jnp.asarray(_rand((4, 4)))}
+  out = _update(mo.scale_by_sinkgd(5), grads)
+  assert np.all(np.isnan(np.asarray(out["k"])))
+  chex.assert_tree_all_finite(out["ok"])  # one bad matrix does not poison the others
+
+  tx = optax.apply_if_finite(optax.chain(mo.scale_by_sinkgd(5), optax.scale(-0.1)), 3)
+  state = tx.init(grads)
+  updates, state = jax.jit(tx.update)(grads, state)
+  chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, grads))
+  assert int(state.notfinite_count) == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.complex64])
+def test_integer_or_complex_leaf_is_a_clear_error_naming_it(dtype):
+  grads = {"layer": {"w": jnp.zeros((4, 4), dtype)}}
+  with pytest.raises(ValueError, match=r"layer/w.*dtype"):
+    mo.scale_by_sinkgd().init(grads)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (3, 0, 4)])
+def test_zero_size_dimensions_do_not_crash(shape):
+  grads = {"k": jnp.zeros(shape)}
+  out = _update(mo.scale_by_sinkgd(), grads)
+  chex.assert_shape(out["k"], shape)
+
+
+# --- dimension numbers -------------------------------------------------------------
+
+
+def _sinkgd_kernel(kernel, num_iters=5):
+  """SinkGD of one 2-D Flax kernel, through the reference."""
+  return reference.sr_sinkhorn(np.asarray(kernel).T, num_iters).T
+
+
+def test_stacked_layers_and_moe_experts_normalize_each_matrix_independently():
+  g = _rand((3, 16, 8), seed=16)  # (layers or experts, in, out)
+  out = np.asarray(_update(mo.scale_by_sinkgd(), {"k": jnp.asarray(g)})["k"])
+  for i in range(3):
+    np.testing.assert_allclose(out[i], _sinkgd_kernel(g[i]), rtol=2e-5, atol=2e-5)
+
+
+def test_attention_kernel_with_two_output_axes_is_one_matrix():
+  g = _rand((32, 4, 8), seed=17)  # (d_model, heads, head_dim)
+  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers(0, (1, 2)))
+  out = np.asarray(_update(tx, {"q": jnp.asarray(g)})["q"])
+  expected = _sinkgd_kernel(g.reshape(32, 32)).reshape(32, 4, 8)
+  np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
+
+
+def test_attention_output_kernel_with_two_reduction_axes():
+  g = _rand((4, 8, 32), seed=18)  # (heads, head_dim, d_model)
+  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers((0, 1), 2))
+  out = np.asarray(_update(tx, {"o": jnp.asarray(g)})["o"])
+  np.testing.assert_allclose(out, _sinkgd_kernel(g.reshape(32, 32)).reshape(4, 8, 32), rtol=2e-5, atol=2e-5)
+
+
+def test_conv_kernel_is_fan_in_h_w_in_by_fan_out():
+  g = _rand((3, 3, 4, 6), seed=19)  # (h, w, in, out)
+  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers((0, 1, 2), 3))
+  out = np.asarray(_update(tx, {"conv": jnp.asarray(g)})["conv"])
+  np.testing.assert_allclose(out, _sinkgd_kernel(g.reshape(36, 6)).reshape(3, 3, 4, 6), rtol=2e-5, atol=2e-5)
+
+
+def test_experts_with_batch_axis_in_the_middle():
+  g = _rand((16, 3, 8), seed=20)  # (in, experts, out)
+  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers(0, 2))
+  out = np.asarray(_update(tx, {"e": jnp.asarray(g)})["e"])
+  for e in range(3):
+    np.testing.assert_allclose(out[:, e], _sinkgd_kernel(g[:, e]), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "dn,match",
+    [
+        (DimensionNumbers(0, 3), "out of range"),
+        (DimensionNumbers(1, 1), "repeated"),
+        (DimensionNumbers((), 1), "no reduction axis"),
+    ],
+)
+def test_dimension_numbers_that_do_not_fit_name_the_leaf_path_and_shape(dn, match):
+  grads = {"block": {"kernel": jnp.zeros((4, 6))}}
+  with pytest.raises(ValueError, match=rf"block/kernel.*\(4, 6\).*{match}"):
+    mo.scale_by_sinkgd(dimension_numbers=dn).init(grads)
+
+
+def test_vector_leaf_under_default_spec_is_an_error_unless_skipped():
+  grads = {"dense": {"kernel": jnp.ones((4, 6)), "bias": jnp.ones((6,))}}
+  with pytest.raises(ValueError, match=r"dense/bias.*\(6,\).*not a matrix"):
+    mo.scale_by_sinkgd().init(grads)
+  skip_vectors = lambda path, leaf: DimensionNumbers(0, 1) if leaf.ndim == 2 else None
+  out = _update(mo.scale_by_sinkgd(dimension_numbers=skip_vectors), grads)
+  chex.assert_trees_all_equal(out["dense"]["bias"], grads["dense"]["bias"])
+  tree_spec = {"dense": {"kernel": DimensionNumbers(0, 1), "bias": None}}
+  chex.assert_trees_all_close(_update(mo.scale_by_sinkgd(dimension_numbers=tree_spec), grads), out)
