@@ -1,0 +1,94 @@
+"""The transforms under jit on a (fsdp=4, tensor=2) mesh of 8 simulated CPU devices."""
+
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import multinorm_optax as mo
+
+AXIS_TYPES = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}
+
+
+def _mesh(kind):
+  return jax.make_mesh((4, 2), ("fsdp", "tensor"), axis_types=(AXIS_TYPES[kind],) * 2)
+
+
+def _grads(mesh):
+  rng = np.random.default_rng(0)
+  host = {
+      "up": rng.standard_normal((64, 32)).astype(np.float32),  # (in, out)
+      "stacked": rng.standard_normal((2, 64, 32)).astype(np.float32),  # (layers, in, out)
+  }
+  specs = {"up": P("fsdp", "tensor"), "stacked": P(None, "fsdp", "tensor")}
+  sharded = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host.items()}
+  return host, sharded, specs
+
+
+def _all_gather_sizes(hlo: str):
+  """Element counts of the outputs of every all-gather in optimized HLO text."""
+  sizes = []
+  for line in hlo.splitlines():
+    if re.search(r"\ball-gather(-start)?\(", line):
+      for dims in re.findall(r"\[([\d,]*)\]", line.split("=", 1)[1].split("all-gather")[0]):
+        sizes.append(int(np.prod([int(d) for d in dims.split(",") if d] or [1])))
+  return sizes
+
+
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
+def test_sinkgd_keeps_sharding_matches_unsharded_and_only_reduces_vectors(kind):
+  mesh = _mesh(kind)
+  host, sharded, specs = _grads(mesh)
+  tx = mo.scale_by_sinkgd(5)
+  update = jax.jit(lambda g: tx.update(g, tx.init(g))[0])
+  with jax.set_mesh(mesh):
+    out = update(sharded)
+    hlo = update.lower(sharded).compile().as_text()
+  for k in host:
+    assert out[k].sharding.spec == specs[k], (k, out[k].sharding)
+  chex.assert_trees_all_close(out, jax.jit(lambda g: tx.update(g, None)[0])(host), rtol=1e-5, atol=1e-6)
+  # Only row/column norm vectors cross devices: all-reduces, never a gathered matrix.
+  assert "all-reduce" in hlo
+  local_shard = 64 * 32 // 8
+  assert all(size < local_shard for size in _all_gather_sizes(hlo)), _all_gather_sizes(hlo)
+
+
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
+def test_swan_whitening_runs_on_sharded_matrices_and_keeps_sharding(kind):
+  mesh = _mesh(kind)
+  host, sharded, specs = _grads(mesh)
+  tx = mo.scale_by_swan()
+  with jax.set_mesh(mesh):
+    out = jax.jit(lambda g: tx.update(g, None)[0])(sharded)
+  chex.assert_trees_all_close(out, jax.jit(lambda g: tx.update(g, None)[0])(host), rtol=1e-4, atol=1e-4)
+  if kind == "explicit":  # the type carries the sharding, and whiten pins it
+    for k in host:
+      assert out[k].sharding.spec == specs[k], (k, out[k].sharding)
+  else:  # under Auto axes the caller's jit decides, e.g. by out_shardings
+    shardings = {k: NamedSharding(mesh, specs[k]) for k in specs}
+    with jax.set_mesh(mesh):
+      out = jax.jit(lambda g: tx.update(g, None)[0], out_shardings=shardings)(sharded)
+    for k in host:
+      assert out[k].sharding.spec == specs[k], (k, out[k].sharding)
+
+
+def test_sinkgd_optimizer_step_on_explicit_mesh_keeps_param_sharding():
+  mesh = _mesh("explicit")
+  host, sharded, specs = _grads(mesh)
+  params = jax.tree.map(lambda x: x * 0.5, sharded)
+  tx = mo.sinkgd(1e-2)
+
+  @jax.jit
+  def step(params, grads, state):
+    updates, state = tx.update(grads, state, params)
+    return jax.tree.map(jnp.add, params, updates), state
+
+  with jax.set_mesh(mesh):
+    new_params, _ = step(params, sharded, tx.init(params))
+  for k in host:
+    assert new_params[k].sharding.spec == specs[k]
