@@ -89,6 +89,7 @@ def sinkgd(
     adam_weight_decay: float | None = None,
     param_labels: Any | Callable[[Any], Any] | None = None,
     dimension_numbers: mn.DimensionNumbersSpec = None,
+    impl: str = "auto",
 ) -> optax.GradientTransformation:
   r"""SinkGD, the paper's recipe (Scetbon et al., 2025, Algorithm 3 + Section 5).
 
@@ -110,13 +111,14 @@ def sinkgd(
     param_labels: a tree of ``'multinorm'``/``'adam'`` labels like the params,
       or a callable ``params -> labels``; default :func:`default_param_labels`.
     dimension_numbers: fan_in/fan_out axes of the matrices, see :func:`multinorm`.
+    impl: SR-Sinkhorn implementation, see :func:`scale_by_sinkgd`.
 
   Returns:
     An ``optax.GradientTransformation``; its only state is AdamW's for the
     ``'adam'`` leaves and step counts.
   """
   return multinorm_recipe(
-      mn.scale_by_sinkgd(num_iters, dimension_numbers=dimension_numbers),
+      mn.scale_by_sinkgd(num_iters, dimension_numbers=dimension_numbers, impl=impl),
       learning_rate,
       alpha=alpha,
       weight_decay=weight_decay,

@@ -20,6 +20,7 @@ import optax
 
 from multinorm_optax import layout as layout_lib
 from multinorm_optax import normalizers as norms
+from multinorm_optax import sinkhorn
 from multinorm_optax.layout import DimensionNumbers
 
 Normalizer = Callable[[jax.Array], jax.Array]
@@ -185,6 +186,23 @@ def multinorm(
   if isinstance(num_iters, int) and num_iters < 1:
     raise ValueError(f"multinorm: num_iters must be >= 1, got {num_iters}")
 
+  def normalize_leaf(g, lay):
+    out = layout_lib.map_batch(
+        lambda mat: alternate_normalizers(mat, normalizers, num_iters),
+        layout_lib.to_canonical(g, lay),
+        len(lay.batch_axes),
+    )
+    return layout_lib.from_canonical(out, lay)
+
+  return per_matrix_transform(normalize_leaf, dimension_numbers)
+
+
+def per_matrix_transform(
+    normalize_leaf: Callable[[jax.Array, layout_lib.CanonicalLayout], jax.Array],
+    dimension_numbers: DimensionNumbersSpec,
+) -> optax.GradientTransformation:
+  """A stateless transform applying ``normalize_leaf(g, layout)`` to every matrix leaf."""
+
   def init_fn(params):
     leaf_layouts(dimension_numbers, params)  # fail early on specs that do not fit
     return optax.EmptyState()
@@ -193,23 +211,20 @@ def multinorm(
     del params
     flat, treedef = jax.tree_util.tree_flatten(updates)
     layouts = leaf_layouts(dimension_numbers, updates)
-    return treedef.unflatten([_normalize_leaf(g, lay) for g, lay in zip(flat, layouts)]), state
-
-  def _normalize_leaf(g, lay):
-    if lay is None:
-      return g
-    out = layout_lib.map_batch(
-        lambda mat: alternate_normalizers(mat, normalizers, num_iters),
-        layout_lib.to_canonical(g, lay),
-        len(lay.batch_axes),
-    )
-    return layout_lib.from_canonical(out, lay)
+    out = [g if lay is None else normalize_leaf(g, lay) for g, lay in zip(flat, layouts)]
+    return treedef.unflatten(out), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+SINKGD_IMPLS = ("auto", "fused", "reference")
+
+
 def scale_by_sinkgd(
-    num_iters: int = 5, *, dimension_numbers: DimensionNumbersSpec = None
+    num_iters: int = 5,
+    *,
+    dimension_numbers: DimensionNumbersSpec = None,
+    impl: str = "auto",
 ) -> optax.GradientTransformation:
   r"""SR-Sinkhorn (the paper's Algorithm 3): rows to ``sqrt(n)``, then columns to ``sqrt(m)``.
 
@@ -218,9 +233,24 @@ def scale_by_sinkgd(
   On the paper's ``(m, n) = (fan_out, fan_in)`` layout; a Flax kernel is its
   transpose. After the last (column) step every column has norm ``sqrt(m)``
   exactly; the row norms approach ``sqrt(n)`` as ``L`` grows.
+
+  Args:
+    num_iters: ``L``.
+    dimension_numbers: see :func:`multinorm`.
+    impl: ``"reference"`` is ``multinorm([row_l2, col_l2], num_iters)``, each
+      normalization materialized; ``"fused"`` computes the same result through
+      its row and column scaling vectors (``sinkhorn.py``), reading the
+      gradient ``2L + 1`` times and writing it once; ``"auto"`` (default)
+      picks ``"fused"``, the fastest we have measured (docs/BENCHMARKS.md).
   """
-  return multinorm(
-      [norms.row_l2, norms.col_l2], num_iters, dimension_numbers=dimension_numbers
+  if impl not in SINKGD_IMPLS:
+    raise ValueError(f"scale_by_sinkgd: unknown impl {impl!r}; choose one of {SINKGD_IMPLS}")
+  if impl == "reference":
+    return multinorm([norms.row_l2, norms.col_l2], num_iters, dimension_numbers=dimension_numbers)
+  if isinstance(num_iters, int) and num_iters < 1:
+    raise ValueError(f"scale_by_sinkgd: num_iters must be >= 1, got {num_iters}")
+  return per_matrix_transform(
+      lambda g, lay: sinkhorn.sinkhorn_scaled(g, lay, num_iters), dimension_numbers
   )
 
 

@@ -12,6 +12,9 @@ from multinorm_optax import DimensionNumbers
 from tests import reference
 
 
+IMPLS = pytest.mark.parametrize("impl", ["fused", "reference"])
+
+
 def _rand(shape, seed=0, scale=1.0):
   rng = np.random.default_rng(seed)
   return (scale * rng.standard_normal(shape)).astype(np.float32)
@@ -27,10 +30,11 @@ def _update(tx, grads):
 
 @pytest.mark.parametrize("m,n", [(16, 16), (256, 8), (8, 256), (48, 20)])
 @pytest.mark.parametrize("num_iters", [1, 5])
-def test_sinkgd_on_flax_kernel_equals_reference_on_its_transpose(m, n, num_iters):
+@IMPLS
+def test_sinkgd_on_flax_kernel_equals_reference_on_its_transpose(impl, m, n, num_iters):
   g = _rand((m, n), seed=m + n)  # paper layout (fan_out, fan_in)
   kernel_grad = {"kernel": jnp.asarray(g.T)}  # Flax layout (fan_in, fan_out)
-  out = _update(mo.scale_by_sinkgd(num_iters), kernel_grad)["kernel"]
+  out = _update(mo.scale_by_sinkgd(num_iters, impl=impl), kernel_grad)["kernel"]
   chex.assert_shape(out, (n, m))
   np.testing.assert_allclose(np.asarray(out).T, reference.sr_sinkhorn(g, num_iters), rtol=2e-5, atol=2e-5)
 
@@ -44,9 +48,10 @@ def test_layout_matters_rows_first_on_the_transpose_is_a_different_update():
   np.testing.assert_allclose(np.asarray(out).T, right, rtol=2e-5, atol=2e-5)
 
 
-def test_pytorch_layout_via_dimension_numbers_equals_reference_directly():
+@IMPLS
+def test_pytorch_layout_via_dimension_numbers_equals_reference_directly(impl):
   g = _rand((24, 40), seed=4)  # (out, in) like torch.nn.Linear.weight
-  tx = mo.scale_by_sinkgd(5, dimension_numbers=DimensionNumbers(reduction_axis=1, output_axis=0))
+  tx = mo.scale_by_sinkgd(5, dimension_numbers=DimensionNumbers(reduction_axis=1, output_axis=0), impl=impl)
   out = _update(tx, {"w": jnp.asarray(g)})["w"]
   np.testing.assert_allclose(np.asarray(out), reference.sr_sinkhorn(g, 5), rtol=2e-5, atol=2e-5)
 
@@ -72,10 +77,11 @@ def test_swan_is_multinorm_of_row_standardize_then_whiten():
 # --- fixed points --------------------------------------------------------------
 
 
-def test_after_last_column_step_every_column_norm_is_sqrt_m():
+@IMPLS
+def test_after_last_column_step_every_column_norm_is_sqrt_m(impl):
   m, n = 48, 20
   g = _rand((m, n), seed=9)
-  out = np.asarray(_update(mo.scale_by_sinkgd(5), {"k": jnp.asarray(g.T)})["k"], np.float64).T
+  out = np.asarray(_update(mo.scale_by_sinkgd(5, impl=impl), {"k": jnp.asarray(g.T)})["k"], np.float64).T
   np.testing.assert_allclose(np.linalg.norm(out, axis=0), np.sqrt(m), rtol=1e-6)
 
 
@@ -114,29 +120,38 @@ def test_user_written_normalizer_is_alternated_like_the_builtins():
 # --- numerics --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tx", [mo.scale_by_sinkgd(5), mo.scale_by_swan()], ids=["sinkgd", "swan"])
+@pytest.mark.parametrize(
+    "tx",
+    [mo.scale_by_sinkgd(5, impl="fused"), mo.scale_by_sinkgd(5, impl="reference"), mo.scale_by_swan()],
+    ids=["sinkgd-fused", "sinkgd-reference", "swan"],
+)
 def test_zero_gradient_gives_zero_update(tx):
   zero = {"k": jnp.zeros((16, 8))}
   chex.assert_trees_all_equal(_update(tx, zero), zero)
 
 
-def test_zero_rows_and_columns_stay_zero_without_nan_or_blowup():
+@IMPLS
+def test_zero_rows_and_columns_stay_zero_without_nan_or_blowup(impl):
   g = _rand((20, 12), seed=12)  # Flax (fan_in, fan_out)
   g[3, :] = 0.0
   g[:, 5] = 0.0
-  out = np.asarray(_update(mo.scale_by_sinkgd(5), {"k": jnp.asarray(g)})["k"])
+  out = np.asarray(_update(mo.scale_by_sinkgd(5, impl=impl), {"k": jnp.asarray(g)})["k"])
   chex.assert_tree_all_finite(out)
   assert np.all(out[3, :] == 0.0) and np.all(out[:, 5] == 0.0)
   assert np.abs(out).max() <= np.sqrt(20) + 1e-4  # bounded by a row's target norm
   single = np.zeros((20, 12), np.float32)
   single[2, 7] = 1e-3  # one non-zero entry: it becomes a unit-norm scaled value, no Inf
-  out = np.asarray(_update(mo.scale_by_sinkgd(5), {"k": jnp.asarray(single)})["k"])
+  out = np.asarray(_update(mo.scale_by_sinkgd(5, impl=impl), {"k": jnp.asarray(single)})["k"])
   chex.assert_tree_all_finite(out)
   assert np.count_nonzero(out) == 1 and 0 < abs(out[2, 7]) <= np.sqrt(20)
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20, 1e30])
-@pytest.mark.parametrize("tx", [mo.scale_by_sinkgd(5), mo.scale_by_swan()], ids=["sinkgd", "swan"])
+@pytest.mark.parametrize(
+    "tx",
+    [mo.scale_by_sinkgd(5, impl="fused"), mo.scale_by_sinkgd(5, impl="reference"), mo.scale_by_swan()],
+    ids=["sinkgd-fused", "sinkgd-reference", "swan"],
+)
 def test_update_is_scale_invariant_over_float32_range(tx, scale):
   g = _rand((24, 40), seed=13)
   base = _update(tx, {"k": jnp.asarray(g)})
@@ -146,24 +161,26 @@ def test_update_is_scale_invariant_over_float32_range(tx, scale):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_gradients_keep_dtype_and_match_float32_math(dtype):
+@IMPLS
+def test_low_precision_gradients_keep_dtype_and_match_float32_math(impl, dtype):
   g = jnp.asarray(_rand((32, 16), seed=14)).astype(dtype)
-  out = _update(mo.scale_by_sinkgd(5), {"k": g})["k"]
+  out = _update(mo.scale_by_sinkgd(5, impl=impl), {"k": g})["k"]
   chex.assert_type(out, dtype)
-  expected = _update(mo.scale_by_sinkgd(5), {"k": g.astype(jnp.float32)})["k"]
+  expected = _update(mo.scale_by_sinkgd(5, impl=impl), {"k": g.astype(jnp.float32)})["k"]
   chex.assert_trees_all_close(out.astype(jnp.float32), expected, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_gradient_gives_all_nan_update_and_apply_if_finite_skips(bad):
+@IMPLS
+def test_non_finite_gradient_gives_all_nan_update_and_apply_if_finite_skips(impl, bad):
   g = _rand((8, 6), seed=15)
   g[2, 3] = bad
   grads = {"k": jnp.asarray(g), "ok": jnp.asarray(_rand((4, 4)))}
-  out = _update(mo.scale_by_sinkgd(5), grads)
+  out = _update(mo.scale_by_sinkgd(5, impl=impl), grads)
   assert np.all(np.isnan(np.asarray(out["k"])))
   chex.assert_tree_all_finite(out["ok"])  # one bad matrix does not poison the others
 
-  tx = optax.apply_if_finite(optax.chain(mo.scale_by_sinkgd(5), optax.scale(-0.1)), 3)
+  tx = optax.apply_if_finite(optax.chain(mo.scale_by_sinkgd(5, impl=impl), optax.scale(-0.1)), 3)
   state = tx.init(grads)
   updates, state = jax.jit(tx.update)(grads, state)
   chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, grads))
@@ -178,9 +195,10 @@ def test_integer_or_complex_leaf_is_a_clear_error_naming_it(dtype):
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (5, 0), (3, 0, 4)])
-def test_zero_size_dimensions_do_not_crash(shape):
+@IMPLS
+def test_zero_size_dimensions_do_not_crash(impl, shape):
   grads = {"k": jnp.zeros(shape)}
-  out = _update(mo.scale_by_sinkgd(), grads)
+  out = _update(mo.scale_by_sinkgd(impl=impl), grads)
   chex.assert_shape(out["k"], shape)
 
 
@@ -192,38 +210,43 @@ def _sinkgd_kernel(kernel, num_iters=5):
   return reference.sr_sinkhorn(np.asarray(kernel).T, num_iters).T
 
 
-def test_stacked_layers_and_moe_experts_normalize_each_matrix_independently():
+@IMPLS
+def test_stacked_layers_and_moe_experts_normalize_each_matrix_independently(impl):
   g = _rand((3, 16, 8), seed=16)  # (layers or experts, in, out)
-  out = np.asarray(_update(mo.scale_by_sinkgd(), {"k": jnp.asarray(g)})["k"])
+  out = np.asarray(_update(mo.scale_by_sinkgd(impl=impl), {"k": jnp.asarray(g)})["k"])
   for i in range(3):
     np.testing.assert_allclose(out[i], _sinkgd_kernel(g[i]), rtol=2e-5, atol=2e-5)
 
 
-def test_attention_kernel_with_two_output_axes_is_one_matrix():
+@IMPLS
+def test_attention_kernel_with_two_output_axes_is_one_matrix(impl):
   g = _rand((32, 4, 8), seed=17)  # (d_model, heads, head_dim)
-  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers(0, (1, 2)))
+  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers(0, (1, 2)), impl=impl)
   out = np.asarray(_update(tx, {"q": jnp.asarray(g)})["q"])
   expected = _sinkgd_kernel(g.reshape(32, 32)).reshape(32, 4, 8)
   np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
 
 
-def test_attention_output_kernel_with_two_reduction_axes():
+@IMPLS
+def test_attention_output_kernel_with_two_reduction_axes(impl):
   g = _rand((4, 8, 32), seed=18)  # (heads, head_dim, d_model)
-  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers((0, 1), 2))
+  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers((0, 1), 2), impl=impl)
   out = np.asarray(_update(tx, {"o": jnp.asarray(g)})["o"])
   np.testing.assert_allclose(out, _sinkgd_kernel(g.reshape(32, 32)).reshape(4, 8, 32), rtol=2e-5, atol=2e-5)
 
 
-def test_conv_kernel_is_fan_in_h_w_in_by_fan_out():
+@IMPLS
+def test_conv_kernel_is_fan_in_h_w_in_by_fan_out(impl):
   g = _rand((3, 3, 4, 6), seed=19)  # (h, w, in, out)
-  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers((0, 1, 2), 3))
+  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers((0, 1, 2), 3), impl=impl)
   out = np.asarray(_update(tx, {"conv": jnp.asarray(g)})["conv"])
   np.testing.assert_allclose(out, _sinkgd_kernel(g.reshape(36, 6)).reshape(3, 3, 4, 6), rtol=2e-5, atol=2e-5)
 
 
-def test_experts_with_batch_axis_in_the_middle():
+@IMPLS
+def test_experts_with_batch_axis_in_the_middle(impl):
   g = _rand((16, 3, 8), seed=20)  # (in, experts, out)
-  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers(0, 2))
+  tx = mo.scale_by_sinkgd(dimension_numbers=DimensionNumbers(0, 2), impl=impl)
   out = np.asarray(_update(tx, {"e": jnp.asarray(g)})["e"])
   for e in range(3):
     np.testing.assert_allclose(out[:, e], _sinkgd_kernel(g[:, e]), rtol=2e-5, atol=2e-5)
@@ -252,3 +275,18 @@ def test_vector_leaf_under_default_spec_is_an_error_unless_skipped():
   chex.assert_trees_all_equal(out["dense"]["bias"], grads["dense"]["bias"])
   tree_spec = {"dense": {"kernel": DimensionNumbers(0, 1), "bias": None}}
   chex.assert_trees_all_close(_update(mo.scale_by_sinkgd(dimension_numbers=tree_spec), grads), out)
+
+
+@pytest.mark.parametrize("shape,dn", [((64, 48), None), ((3, 40, 24), None),
+                                      ((16, 4, 8), DimensionNumbers(0, (1, 2)))])
+@pytest.mark.parametrize("num_iters", [1, 5])
+def test_fused_sinkhorn_equals_materialized_normalizations(shape, dn, num_iters):
+  g = {"k": jnp.asarray(_rand(shape, seed=21) * np.linspace(0.01, 5.0, shape[-1], dtype=np.float32))}
+  fused = _update(mo.scale_by_sinkgd(num_iters, dimension_numbers=dn, impl="fused"), g)
+  materialized = _update(mo.scale_by_sinkgd(num_iters, dimension_numbers=dn, impl="reference"), g)
+  chex.assert_trees_all_close(fused, materialized, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_impl_is_a_clear_error():
+  with pytest.raises(ValueError, match="unknown impl 'pallas'"):
+    mo.scale_by_sinkgd(impl="pallas")

@@ -40,11 +40,12 @@ def _all_gather_sizes(hlo: str):
   return sizes
 
 
+@pytest.mark.parametrize("impl", ["fused", "reference"])
 @pytest.mark.parametrize("kind", ["explicit", "auto"])
-def test_sinkgd_keeps_sharding_matches_unsharded_and_only_reduces_vectors(kind):
+def test_sinkgd_keeps_sharding_matches_unsharded_and_only_reduces_vectors(kind, impl):
   mesh = _mesh(kind)
   host, sharded, specs = _grads(mesh)
-  tx = mo.scale_by_sinkgd(5)
+  tx = mo.scale_by_sinkgd(5, impl=impl)
   update = jax.jit(lambda g: tx.update(g, tx.init(g))[0])
   with jax.set_mesh(mesh):
     out = update(sharded)
