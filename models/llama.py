@@ -1,0 +1,388 @@
+"""LLaMA decoder in Flax NNX, with its configs and its sharding layout.
+
+The architecture of GaLore's LLaMA benchmark: pre-norm blocks of RMSNorm ->
+causal multi-head attention with rotary position embeddings (optionally
+grouped-query) -> RMSNorm -> SwiGLU MLP, then a final RMSNorm and an untied LM
+head (tying is a config flag). No biases anywhere.
+
+Layout conventions the optimizer relies on:
+
+* every weight matrix is a plain 2-D kernel in Flax's (fan_in, fan_out) layout;
+  the hidden matrices are the 2-D params not under ``embed`` or ``lm_head``;
+* module names make readable paths, e.g. ``layers/0/attn/q_proj/kernel``;
+* each parameter declares its logical sharding axes next to its initializer,
+  and ``LOGICAL_AXIS_RULES`` maps them onto the mesh axes ``MESH_AXES``.
+
+References:
+  Touvron et al., "LLaMA: Open and Efficient Foundation Language Models", 2023.
+  Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
+  Projection", 2024.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis name -> mesh axis (or axes, or None = replicated). Parameters are
+# fully sharded over 'fsdp' along d_model and tensor-parallel over 'tensor'
+# along heads / d_ff / vocab; activations split their batch over data x fsdp.
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("norm", None),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Shape and precision of a LLaMA model.
+
+  ``dtype`` is the compute dtype of activations and matmuls; parameters are
+  stored in ``param_dtype``. ``n_kv_heads=None`` means plain multi-head
+  attention (as many key/value heads as query heads).
+  """
+
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int | None
+  d_ff: int
+  max_seq_len: int = 256
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  dtype: Any = jnp.bfloat16
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.d_model % self.n_heads:
+      raise ValueError(
+          f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+    if self.n_heads % self.num_kv_heads:
+      raise ValueError(f"n_heads={self.n_heads} is not a multiple of "
+                       f"n_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"rotary embeddings need an even head_dim, "
+                       f"got {self.head_dim}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @property
+  def num_kv_heads(self) -> int:
+    return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+
+CONFIGS: dict[str, LlamaConfig] = {
+    # Byte-level vocabulary; trains a few hundred steps on a laptop CPU.
+    "tiny": LlamaConfig(vocab_size=256, d_model=128, n_layers=4, n_heads=4,
+                        n_kv_heads=None, d_ff=352),
+    # GaLore's benchmark sizes (LLaMA tokenizer, context 256). The 1b d_ff
+    # (5461, odd) is kept for GaLore's parameter count; it cannot be split
+    # over 'tensor', so ``param_partition_specs(..., mesh)`` replicates it.
+    "60m": LlamaConfig(vocab_size=32000, d_model=512, n_layers=8, n_heads=8,
+                       n_kv_heads=None, d_ff=1376),
+    "130m": LlamaConfig(vocab_size=32000, d_model=768, n_layers=12,
+                        n_heads=12, n_kv_heads=None, d_ff=2048),
+    "350m": LlamaConfig(vocab_size=32000, d_model=1024, n_layers=24,
+                        n_heads=16, n_kv_heads=None, d_ff=2736),
+    "1b": LlamaConfig(vocab_size=32000, d_model=2048, n_layers=24, n_heads=32,
+                      n_kv_heads=None, d_ff=5461),
+}
+
+
+def get_config(name: str, **overrides: Any) -> LlamaConfig:
+  """The named config from ``CONFIGS``, with ``overrides`` replacing fields."""
+  if name not in CONFIGS:
+    raise ValueError(
+        f"unknown model {name!r}; choose one of: {', '.join(CONFIGS)}")
+  return dataclasses.replace(CONFIGS[name], **overrides)
+
+
+def count_params(config: LlamaConfig) -> int:
+  """Number of parameters of ``Llama(config)``, from the config alone.
+
+  With V = vocab, D = d_model, F = d_ff, H = n_heads, K = n_kv_heads,
+  h = head_dim, L = n_layers:
+      embed V D + head V D (0 if tied) + D (final norm)
+      + L (2 D H h + 2 D K h + 3 D F + 2 D).
+  """
+  c = config
+  attn = 2 * c.d_model * c.n_heads * c.head_dim
+  attn += 2 * c.d_model * c.num_kv_heads * c.head_dim
+  mlp = 3 * c.d_model * c.d_ff
+  block = attn + mlp + 2 * c.d_model
+  embed = c.vocab_size * c.d_model
+  head = 0 if c.tie_embeddings else c.d_model * c.vocab_size
+  return embed + head + c.n_layers * block + c.d_model
+
+
+# ---------------------------------------------------------------------------
+# Sharding
+# ---------------------------------------------------------------------------
+
+
+def _sharded(initializer, *logical_axes: str | None):
+  """``initializer`` annotated with the logical axes of the array it creates.
+
+  The Variable also carries ``LOGICAL_AXIS_RULES``, so every Flax utility that
+  reads the annotation (``nnx.get_partition_spec``, ``nnx.eval_shape`` under a
+  mesh) sees mesh axes. Eager sharding is off: it would need a mesh at
+  creation, and the model is also built without one (tests, one device);
+  ``create_sharded_model`` places the parameters instead.
+  """
+  return nnx.with_partitioning(initializer, logical_axes,
+                               sharding_rules=LOGICAL_AXIS_RULES,
+                               eager_sharding=False)
+
+
+def param_partition_specs(tree: Any, mesh: jax.sharding.Mesh | None = None
+                          ) -> Any:
+  """Mesh PartitionSpecs of a model's parameters.
+
+  Args:
+    tree: a ``Llama`` (concrete or from ``nnx.eval_shape``) or its
+      ``nnx.State``.
+    mesh: if given, a dimension that its mesh axes do not divide evenly is
+      replicated instead (e.g. the 1b model's d_ff = 5461 over 'tensor'),
+      since jit refuses uneven shardings.
+
+  Returns:
+    A tree with the structure of ``nnx.state(tree)`` in which each Variable
+    holds the ``PartitionSpec`` of its value: its declared logical axes
+    resolved through ``LOGICAL_AXIS_RULES`` to axes of ``MESH_AXES``.
+  """
+  state = tree if isinstance(tree, nnx.State) else nnx.state(tree)
+  specs = nnx.get_partition_spec(state)
+  if mesh is None:
+    return specs
+
+  def divisible(spec, value):
+    parts = []
+    for dim, axes in zip(value.shape, spec):
+      names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+      ways = math.prod(mesh.shape[name] for name in names)
+      parts.append(axes if dim % ways == 0 else None)
+    return PartitionSpec(*parts)
+
+  return jax.tree.map(divisible, specs, state)
+
+
+def create_sharded_model(config: LlamaConfig, mesh: jax.sharding.Mesh, *,
+                         seed: int = 0) -> Llama:
+  """A ``Llama`` whose parameters are created directly sharded on ``mesh``.
+
+  The parameters are initialised inside one ``jax.jit`` whose output
+  shardings are the declared specs, so no device ever holds a full copy.
+  May be called with or without ``mesh`` set as the current mesh.
+  The values are those of ``Llama(config, rngs=nnx.Rngs(seed))`` (up to
+  float rounding of the jitted initialisers).
+  """
+
+  def create():
+    return Llama(config, rngs=nnx.Rngs(seed))
+
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
+  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                           param_partition_specs(abstract_state, mesh))
+  state = jax.jit(lambda: nnx.state(create()), out_shardings=shardings)()
+  return nnx.merge(graphdef, state)
+
+
+def _constrain(x: jax.Array, *logical_axes: str | None) -> jax.Array:
+  """Pins the layout of an activation when a mesh over MESH_AXES is active.
+
+  Without the constraint XLA may keep activations replicated after a gather
+  or a sharded matmul; with no mesh (tests, a single device) it is a no-op.
+  Written for meshes with ``AxisType.Auto`` axes, where the constraint is a
+  hint to XLA's partitioner.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+    return x
+  rules = dict(LOGICAL_AXIS_RULES)
+  spec = PartitionSpec(*(rules[a] if a else None for a in logical_axes))
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+# ---------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------
+
+_init = nnx.initializers.normal(stddev=0.02)
+
+
+def rope(x: jax.Array, positions: jax.Array, *, theta: float) -> jax.Array:
+  """Rotary position embedding, rotate-half convention (as in HF LLaMA).
+
+  With d = x.shape[-1] and w_k = theta^(-2k/d), feature pair
+  (x_k, x_{k+d/2}) at position p is rotated by the angle p w_k:
+      y_k       = x_k cos(p w_k) - x_{k+d/2} sin(p w_k)
+      y_{k+d/2} = x_{k+d/2} cos(p w_k) + x_k sin(p w_k).
+  Rotations compose, so <rope(q, i), rope(k, j)> depends on i - j only.
+
+  Args:
+    x: [..., T, H, d] queries or keys.
+    positions: [T] integer positions.
+    theta: base of the rotation frequencies.
+
+  Returns:
+    The rotated ``x``, in its dtype (computed in float32).
+  """
+  d = x.shape[-1]
+  inv_freq = theta**(-jnp.arange(0, d // 2, dtype=jnp.float32) * 2 / d)
+  angles = positions.astype(jnp.float32)[:, None] * inv_freq  # [T, d/2]
+  cos = jnp.cos(angles)[:, None, :]  # broadcast over heads
+  sin = jnp.sin(angles)[:, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  y = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return y.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """y = scale * x / sqrt(mean(x^2) + eps), the mean over the last axis."""
+
+  def __init__(self, dim: int, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.eps = config.norm_eps
+    self.dtype = config.dtype
+    self.scale = nnx.Param(
+        _sharded(nnx.initializers.ones, "norm")(
+            rngs.params(), (dim,), config.param_dtype))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    # The mean of squares in bf16 loses the small entries; reduce in float32.
+    x32 = x.astype(jnp.float32)
+    inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True)
+                            + self.eps)
+    return (x32 * inv_rms * self.scale[...]).astype(self.dtype)
+
+
+def _linear(config: LlamaConfig, fan_in: int, fan_out: int, in_axis: str,
+            out_axis: str, *, rngs: nnx.Rngs) -> nnx.Linear:
+  """A bias-free (fan_in, fan_out) kernel sharded as (in_axis, out_axis)."""
+  return nnx.Linear(fan_in, fan_out, use_bias=False, dtype=config.dtype,
+                    param_dtype=config.param_dtype,
+                    kernel_init=_sharded(_init, in_axis, out_axis), rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Causal (grouped-query) self-attention with rotary embeddings.
+
+  For query head n in group g = n // (H / K) of the K key/value heads:
+      o_n = softmax(q_n k_g^T / sqrt(h) + causal mask) v_g,
+  with q, k rotated by ``rope``; logits and softmax in float32.
+  """
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    c = config
+    q_dim, kv_dim = c.n_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    linear = functools.partial(_linear, config, rngs=rngs)
+    self.q_proj = linear(c.d_model, q_dim, "embed", "heads")
+    self.k_proj = linear(c.d_model, kv_dim, "embed", "heads")
+    self.v_proj = linear(c.d_model, kv_dim, "embed", "heads")
+    self.o_proj = linear(q_dim, c.d_model, "heads", "embed")
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = self.config
+    b, t, _ = x.shape
+    kv, group = c.num_kv_heads, c.n_heads // c.num_kv_heads
+    positions = jnp.arange(t)
+    q = self.q_proj(x).reshape(b, t, c.n_heads, c.head_dim)
+    k = self.k_proj(x).reshape(b, t, kv, c.head_dim)
+    v = self.v_proj(x).reshape(b, t, kv, c.head_dim)
+    q = rope(q, positions, theta=c.rope_theta) * (c.head_dim**-0.5)
+    k = rope(k, positions, theta=c.rope_theta)
+
+    q = q.reshape(b, t, kv, group, c.head_dim)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k,
+                        preferred_element_type=jnp.float32)
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    # A finite floor rather than -inf keeps a fully masked row NaN-free.
+    logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(c.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return self.o_proj(out.reshape(b, t, c.n_heads * c.head_dim))
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    linear = functools.partial(_linear, config, rngs=rngs)
+    self.gate_proj = linear(config.d_model, config.d_ff, "embed", "mlp")
+    self.up_proj = linear(config.d_model, config.d_ff, "embed", "mlp")
+    self.down_proj = linear(config.d_ff, config.d_model, "mlp", "embed")
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(nnx.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x += attn(norm(x)); x += mlp(norm(x))."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(config.d_model, config, rngs=rngs)
+    self.attn = Attention(config, rngs=rngs)
+    self.mlp_norm = RMSNorm(config.d_model, config, rngs=rngs)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + self.attn(self.attn_norm(x))
+    x = x + self.mlp(self.mlp_norm(x))
+    return _constrain(x, "batch", None, None)
+
+
+class Llama(nnx.Module):
+  """LLaMA decoder: tokens int32[B, T] -> next-token logits float32[B, T, V].
+
+  Computes in ``config.dtype``; parameters are ``config.param_dtype``.
+  """
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embed = nnx.Embed(config.vocab_size, config.d_model,
+                           dtype=config.dtype, param_dtype=config.param_dtype,
+                           embedding_init=_sharded(_init, "vocab", "embed"),
+                           rngs=rngs)
+    self.layers = nnx.List(
+        [Block(config, rngs=rngs) for _ in range(config.n_layers)])
+    self.norm = RMSNorm(config.d_model, config, rngs=rngs)
+    if not config.tie_embeddings:
+      self.lm_head = _linear(config, config.d_model, config.vocab_size,
+                             "embed", "vocab", rngs=rngs)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    c = self.config
+    if tokens.shape[-1] > c.max_seq_len:
+      raise ValueError(f"sequence length {tokens.shape[-1]} exceeds "
+                       f"max_seq_len={c.max_seq_len}")
+    # FSDP: all-gather the table's d_model shards before the lookup. Looking
+    # rows up in a d_model-sharded table yields d_model-sharded activations
+    # that XLA can only turn batch-sharded by replicating them in full.
+    table = self.embed.embedding[...].astype(c.dtype)
+    table = _constrain(table, "vocab", None)
+    x = _constrain(jnp.take(table, tokens, axis=0), "batch", None, None)
+    for block in self.layers:
+      x = block(x)
+    x = self.norm(x)
+    if c.tie_embeddings:
+      logits = self.embed.attend(x)
+    else:
+      logits = self.lm_head(x)
+    return _constrain(logits.astype(jnp.float32), "batch", None, "vocab")
