@@ -49,13 +49,15 @@ def sinkhorn_scaled(g: jax.Array, layout: CanonicalLayout, num_iters) -> jax.Arr
   sqrt_n = jnp.sqrt(jnp.asarray(layout.n, f32))
   sqrt_m = jnp.sqrt(jnp.asarray(layout.m, f32))
 
-  def weighted_sum_of_squares(scale, axes):
-    x = g.astype(f32) * inv_amax
-    return jnp.sum(x * x * scale, axis=axes, keepdims=True)
+  def sum_of_squares(scale, axes):
+    # The scale is applied before squaring and differs in every half-step, so
+    # XLA cannot merge the reads into one shared (and materialized) G * G.
+    x = g.astype(f32) * (scale * inv_amax)
+    return jnp.sum(x * x, axis=axes, keepdims=True)
 
   def one_round(_, c):
-    r = _safe_ratio(sqrt_n, jnp.sqrt(weighted_sum_of_squares(c * c, rows_of)))
-    c = _safe_ratio(sqrt_m, jnp.sqrt(weighted_sum_of_squares(r * r, cols_of)))
+    r = _safe_ratio(sqrt_n, jnp.sqrt(sum_of_squares(c, rows_of)))
+    c = _safe_ratio(sqrt_m, jnp.sqrt(sum_of_squares(r, cols_of)))
     return r, c
 
   r = jnp.ones([1 if a in rows_of else d for a, d in enumerate(g.shape)], f32)
