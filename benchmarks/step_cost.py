@@ -1,0 +1,586 @@
+r"""Cost of one optimizer step, and optimizer-state bytes, on LLaMA-shaped parameter trees.
+
+    python benchmarks/step_cost.py                          # CPU: tiny,60m; GPU/TPU: 60m..1b
+    python benchmarks/step_cost.py --models 1b --grad-dtypes bfloat16 --optimizers adamw,sinkgd_l5
+
+What is timed: one update, ``tx.update`` then ``optax.apply_updates``, jitted
+together with the parameters and the optimizer state donated, so it runs in
+place the way a training step does. Parameters are random float32, gradients
+random float32 or bfloat16 (never zeros). The step is compiled ahead of time
+(compile time is recorded, not timed), then ``--warmup`` untimed samples and
+``--repeats`` timed ones; a sample is ``--calls`` back-to-back steps and one
+``jax.block_until_ready``, timed with a host clock and divided by ``--calls``
+(so the host dispatches the next step while the device runs this one, as in a
+training loop); the median sample is reported. Optimizers (``--optimizers``):
+sgd, adamw, adafactor, muon (``optax.contrib.muon``, hidden matrices only as in
+our recipe, the rest its AdamW), swan, sinkgd_l1 and sinkgd_l5 (the default
+fused SR-Sinkhorn), and sinkgd_l5_reference (``impl="reference"``, each
+normalization materialized). All use learning rate 1e-3 and their defaults.
+
+Baseline, in the same run and on the same parameter tree: a device copy of
+every parameter (``jnp.copy`` per leaf, jitted, into a donated buffer of the
+same shapes, so XLA reads every byte once and writes it once and nothing is
+allocated, as in the donated step). One **pass** is one read *or* one write
+of all parameter bytes (float32), so the time of a pass is half the copy's
+time, and an optimizer's ``passes = step time / (copy time / 2)``. A
+bandwidth-bound AdamW step reads p, g, mu, nu and writes p, mu, nu: at least 7
+passes with float32 gradients. The time of a reduction over all parameters
+(one read, nothing written) is recorded too, as a cross-check of the pass time.
+Absolute times depend on the machine; ratios measured side by side (to AdamW,
+to the copy) are what to compare. On a CPU the steps are not purely
+bandwidth-bound, so passes there can fall below the byte count's floor.
+
+State bytes: the sum of ``nbytes`` over the leaves of ``tx.init(params)``, and
+the part of it attributed to hidden matrices (leaves whose tree path ends with
+the path of a parameter that ``multinorm_optax.default_param_labels`` labels
+``'multinorm'``).
+
+Static pass count (``--count-passes``, on by default): for one hidden matrix of
+the largest model's MLP shape, the same step is compiled alone and its
+optimized HLO is read. In every computation that runs as its own kernels (the
+entry computation and what it calls through ``while``/``call``/``conditional``;
+not the bodies of fusions, which run inside one kernel), each instruction that
+takes a full-size operand (as many elements as the matrix) counts one read
+per such operand, and each full-size result counts one write. Bookkeeping
+instructions that move no data (parameter, constant, tuple, get-tuple-element,
+bitcast) are skipped. ``passes`` there is the bytes of those reads and writes
+over the bytes of one float32 matrix. A loop body is counted once however often
+it runs (the table says when a loop was found). Smaller arrays (row/column
+vectors, the Gram matrices of muon and swan) and arithmetic are not counted,
+so matmul-heavy optimizers cost more than their count says. This is XLA's plan
+for the platform it runs on, not a measurement: it is free of timing noise and
+shows what fused.
+
+Outputs in ``--out`` (default ``benchmarks/results/step_cost_<platform>``):
+``step_cost.json`` (every measurement and the machine, library versions, date
+and command line) and ``step_cost.md`` (the tables, also printed at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform as platform_lib
+import re
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/step_cost.py` from a checkout
+  sys.path.insert(0, str(REPO))
+
+import multinorm_optax as mo  # noqa: E402
+
+LEARNING_RATE = 1e-3  # the same for every optimizer; values do not change the cost
+
+ACCELERATOR_MODELS = ("60m", "130m", "350m", "1b")
+CPU_MODELS = ("tiny", "60m")
+
+
+def _muon(lr):
+  # Same recipe as sinkgd/swan: hidden matrices get Muon, everything else
+  # (embeddings, LM head, norm scales) Muon's internal AdamW.
+  def dimension_numbers(params):
+    return jax.tree.map(
+        lambda label: optax.contrib.MuonDimensionNumbers() if label == "multinorm" else None,
+        mo.default_param_labels(params))
+
+  return optax.contrib.muon(lr, muon_weight_dimension_numbers=dimension_numbers)
+
+
+OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "sgd": optax.sgd,
+    "adamw": optax.adamw,
+    "adafactor": optax.adafactor,
+    "muon": _muon,
+    "swan": mo.swan,
+    "sinkgd_l1": lambda lr: mo.sinkgd(lr, num_iters=1),
+    "sinkgd_l5": lambda lr: mo.sinkgd(lr, num_iters=5),
+    "sinkgd_l5_reference": lambda lr: mo.sinkgd(lr, num_iters=5, impl="reference"),
+}
+
+
+# ---------------------------------------------------------------------------
+# Parameter trees
+# ---------------------------------------------------------------------------
+
+
+def param_shapes(model: str) -> dict:
+  """The LLaMA config's parameters as a plain dict of ``jax.ShapeDtypeStruct``.
+
+  Built with ``nnx.eval_shape``, so nothing is allocated; the dict keeps the
+  model's own paths (``layers/0/attn/q_proj/kernel``, ``embed/embedding``, ...).
+  """
+  from flax import nnx
+
+  from models.llama import Llama, get_config
+
+  config = get_config(model)
+  abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+  tree = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def random_tree(shapes, key, dtype, scale: float):
+  """Normal(0, scale^2) arrays shaped like ``shapes``, drawn on the device.
+
+  One draw of every element, then cut into the leaves: a draw per leaf would
+  compile one random-number kernel per leaf (seconds on CPU).
+  """
+  leaves, treedef = jax.tree.flatten(shapes)
+  sizes = [math.prod(s.shape) for s in leaves]
+
+  @jax.jit
+  def draw(key):
+    flat = (scale * jax.random.normal(key, (sum(sizes),), jnp.float32)).astype(dtype)
+    parts = jnp.split(flat, np.cumsum(sizes)[:-1])
+    return treedef.unflatten([x.reshape(s.shape) for x, s in zip(parts, leaves)])
+
+  return jax.block_until_ready(draw(key))
+
+
+def tree_bytes(tree) -> int:
+  return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _path_key(path) -> tuple[str, ...]:
+  return tuple(str(k) for k in path)
+
+
+def state_bytes(tx, params) -> tuple[int, int]:
+  """(all state bytes, state bytes held for hidden matrices), from shapes alone."""
+  labels = mo.default_param_labels(params)
+  matrix_paths = {
+      _path_key(path)
+      for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]
+      if label == "multinorm"}
+  lengths = {len(p) for p in matrix_paths}
+  total = matrices = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.eval_shape(tx.init, params))[0]:
+    nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+    total += nbytes
+    key = _path_key(path)
+    if any(key[-n:] in matrix_paths for n in lengths if n <= len(key)):
+      matrices += nbytes
+  return total, matrices
+
+
+# ---------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------
+
+
+def optimizer_step(tx):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+class TimingPlan(NamedTuple):
+  """How each case is timed: ``repeats`` samples of ``calls`` back-to-back calls."""
+
+  repeats: int
+  warmup: int
+  calls: int
+  max_seconds: float | None
+
+
+def time_calls(call: Callable[[], Any], sync: Callable[[], Any], plan: TimingPlan,
+               *, cap: bool = True) -> dict:
+  """Median time of one ``call()``, from samples of ``plan.calls`` calls and one ``sync()``.
+
+  ``call`` only dispatches; ``sync`` blocks until its work is done. Calling
+  several times before blocking lets the host dispatch the next call while the
+  device runs this one, as a training loop does. ``plan.warmup`` untimed
+  samples come first; with ``cap`` and ``plan.max_seconds``, the number of
+  timed samples is cut (to 3 at least) so they take about that long, judged
+  from the last warm-up sample.
+  """
+
+  def sample() -> float:
+    t0 = time.perf_counter()
+    for _ in range(plan.calls):
+      call()
+    sync()
+    return (time.perf_counter() - t0) / plan.calls
+
+  last = None
+  for _ in range(plan.warmup):
+    last = sample()
+  repeats = plan.repeats
+  if cap and plan.max_seconds and last is not None:
+    repeats = min(repeats, max(3, int(plan.max_seconds / (last * plan.calls))))
+  ms = [1e3 * sample() for _ in range(repeats)]
+  return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
+          "repeats": repeats, "calls_per_sample": plan.calls, "samples_ms": ms}
+
+
+def time_memory_baselines(params, plan: TimingPlan) -> dict:
+  """A device copy of every parameter (read + write) and a sum over them (read only).
+
+  The copy writes into a donated buffer of the same shapes, as the donated
+  optimizer step does; a copy into fresh memory would also time the allocator
+  (on CPU, page faults: several times slower than the copy itself).
+  """
+  copy = jax.jit(lambda dst, src: jax.tree.map(lambda _, x: jnp.copy(x), dst, src),
+                 donate_argnums=0, keep_unused=True)
+  read = jax.jit(lambda t: sum(jnp.sum(x) for x in jax.tree.leaves(t)))
+  box = {"dst": jax.tree.map(jnp.copy, params), "sum": None}
+
+  def run_copy():
+    box["dst"] = copy(box["dst"], params)
+
+  def run_read():
+    box["sum"] = read(params)
+
+  plan = plan._replace(repeats=max(plan.repeats, 10))
+  copy_t = time_calls(run_copy, lambda: jax.block_until_ready(box["dst"]), plan, cap=False)
+  del box["dst"]
+  read_t = time_calls(run_read, lambda: jax.block_until_ready(box["sum"]), plan, cap=False)
+  return {"copy": copy_t, "read": read_t}
+
+
+def time_optimizer(tx, params, grads, plan: TimingPlan) -> dict:
+  """Times the step on a fresh copy of ``params`` (the step donates its inputs)."""
+  run = {"params": jax.tree.map(jnp.copy, params)}
+  run["state"] = jax.jit(tx.init)(run["params"])
+  t0 = time.perf_counter()
+  compiled = jax.jit(optimizer_step(tx), donate_argnums=(0, 1)).lower(
+      run["params"], run["state"], grads).compile()
+  compile_s = time.perf_counter() - t0
+
+  def call():
+    run["params"], run["state"] = compiled(run["params"], run["state"], grads)
+
+  result = time_calls(call, lambda: jax.block_until_ready(run), plan)
+  finite = bool(all(jnp.isfinite(x).all() for x in jax.tree.leaves(run["params"])))
+  run.clear()
+  return {**result, "compile_s": compile_s, "params_finite_after": finite}
+
+
+# ---------------------------------------------------------------------------
+# Static pass count from the compiled HLO
+# ---------------------------------------------------------------------------
+
+_NO_DATA_MOVED = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast",
+                  "after-all", "partition-id", "replica-id"}
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$")
+_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_CALLED = re.compile(
+    r"\b(?:body|condition|to_apply|true_computation|false_computation)=%?([\w.\-]+)"
+    r"|branch_computations=\{([^}]*)\}")
+
+
+def _arrays(shape_text: str) -> list[tuple[int, int]]:
+  """(elements, bytes) of each array in an HLO shape such as ``(f32[4,8]{1,0}, s32[])``."""
+  out = []
+  for dtype, dims in _ARRAY.findall(shape_text):
+    if dtype in _DTYPE_BYTES:
+      n = math.prod(int(d) for d in dims.split(",") if d)
+      out.append((n, n * _DTYPE_BYTES[dtype]))
+  return out
+
+
+def _operand_list(text: str) -> str:
+  """The text up to the parenthesis closing an instruction's operand list."""
+  depth = 1
+  for i, ch in enumerate(text):
+    depth += {"(": 1, ")": -1}.get(ch, 0)
+    if depth == 0:
+      return text[:i]
+  return text
+
+
+def count_full_size_traffic(hlo_text: str, elements: int) -> dict:
+  """Reads and writes of ``elements``-sized arrays by the kernels of an optimized HLO module."""
+  computations: dict[str, list[tuple[str, str, str, str]]] = {}
+  entry, current = None, None
+  for line in hlo_text.splitlines():
+    if current is None:
+      m = _COMPUTATION.match(line)
+      if m:
+        current = m.group(2)
+        computations[current] = []
+        if m.group(1):
+          entry = current
+      continue
+    if line.strip() == "}":
+      current = None
+      continue
+    m = _INSTRUCTION.match(line)
+    if m:
+      computations[current].append(m.groups())
+
+  shapes = {name: shape for body in computations.values() for name, shape, _, _ in body}
+  reads = writes = moved = 0
+  has_loop = False
+  seen, todo = set(), [entry]
+  while todo:
+    comp = todo.pop()
+    if comp in seen or comp not in computations:
+      continue
+    seen.add(comp)
+    for name, shape, opcode, rest in computations[comp]:
+      if opcode in ("while", "call", "conditional"):
+        has_loop |= opcode == "while"
+        for single, several in _CALLED.findall(rest):
+          todo += [single] if single else [c.strip().lstrip("%") for c in several.split(",")]
+        continue
+      if opcode in _NO_DATA_MOVED:
+        continue
+      for operand in dict.fromkeys(re.findall(r"%([\w.\-]+)", _operand_list(rest))):
+        for n, nbytes in _arrays(shapes.get(operand, "")):
+          if n == elements:
+            reads += 1
+            moved += nbytes
+      for n, nbytes in _arrays(shape):
+        if n == elements:
+          writes += 1
+          moved += nbytes
+  return {"reads": reads, "writes": writes, "passes": moved / (4 * elements),
+          "has_loop": has_loop}
+
+
+def count_passes(tx, shape: tuple[int, int], grad_dtype) -> dict:
+  """``count_full_size_traffic`` of one donated step on a single hidden matrix."""
+  path = {"layers": {0: {"mlp": {"up_proj": {"kernel": None}}}}}
+  params = jax.tree.map(lambda _: jax.ShapeDtypeStruct(shape, jnp.float32), path,
+                        is_leaf=lambda x: x is None)
+  grads = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, grad_dtype), params)
+  state = jax.eval_shape(tx.init, params)
+  hlo = jax.jit(optimizer_step(tx), donate_argnums=(0, 1)).lower(
+      params, state, grads).compile().as_text()
+  return count_full_size_traffic(hlo, math.prod(shape))
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------
+
+
+def human_bytes(n: int) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if n < 1024 or unit == "GiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
+
+
+def markdown(result: dict) -> str:
+  meta = result["metadata"]
+  lines = [
+      f"Optimizer step cost on {meta['device_kind']} ({meta['platform']}), "
+      f"jax {meta['jax']}, optax {meta['optax']}, {meta['date'][:10]}.",
+      f"Command: `{meta['command']}`",
+      "",
+      "One pass = one read or one write of all parameter bytes (float32), timed as half of "
+      "a device copy of the parameters (into a donated buffer); passes = step time / pass "
+      "time. The step is update + apply_updates, jitted, params and state donated; time = "
+      f"median of {result['timing']['repeats']} samples of {result['timing']['calls']} "
+      "back-to-back steps, per step. State bytes: all optimizer state / the part held for "
+      "hidden matrices.",
+      "",
+      "| model | params | param bytes | copy ms (read + write) | pass ms | read-only sum ms |",
+      "|---|---:|---:|---:|---:|---:|",
+  ]
+  for m in result["models"]:
+    lines.append(
+        f"| {m['model']} | {m['num_params'] / 1e6:.1f}M | {human_bytes(m['param_bytes'])} | "
+        f"{m['copy']['median_ms']:.3f} | {m['pass_ms']:.3f} | {m['read']['median_ms']:.3f} |")
+  lines += [
+      "",
+      "| model | grad dtype | optimizer | time ms | passes | ratio to adamw "
+      "| state bytes (total / matrices) |",
+      "|---|---|---|---:|---:|---:|---|",
+  ]
+  notes = []
+  for m in result["models"]:
+    for r in m["steps"]:
+      ratio = "" if r["ratio_to_adamw"] is None else f"{r['ratio_to_adamw']:.2f}"
+      lines.append(
+          f"| {m['model']} | {r['grad_dtype']} | {r['optimizer']} | {r['median_ms']:.3f} | "
+          f"{r['passes']:.1f} | {ratio} | {human_bytes(r['state_bytes'])} / "
+          f"{human_bytes(r['state_bytes_matrices'])} |")
+      if r["repeats"] < result["timing"]["repeats"]:
+        notes.append(f"{m['model']} {r['grad_dtype']} {r['optimizer']}: {r['repeats']}")
+  if notes:
+    lines += ["", "Fewer timed samples (--max-seconds): " + "; ".join(notes) + "."]
+  if result.get("hlo_passes"):
+    h = result["hlo_passes"]
+    lines += [
+        "",
+        f"Static count from the compiled HLO ({meta['platform']}), one {h['model']} "
+        f"MLP matrix {tuple(h['shape'])}: instructions outside fusions that read (operands) "
+        "or write (results) a full-size array; passes = those bytes / one float32 matrix.",
+        "",
+        "| grad dtype | optimizer | full-size reads | full-size writes | passes |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in h["rows"]:
+      loop = " (loop body counted once)" if r["has_loop"] else ""
+      lines.append(f"| {r['grad_dtype']} | {r['optimizer']} | {r['reads']} | {r['writes']} "
+                   f"| {r['passes']:.1f}{loop} |")
+  return "\n".join(lines) + "\n"
+
+
+def _versions() -> dict:
+  import flax
+
+  import jaxlib
+
+  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "optax": optax.__version__,
+          "flax": flax.__version__, "numpy": np.__version__,
+          "multinorm_optax": mo.__version__, "python": platform_lib.python_version()}
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+
+def _csv(text: str) -> list[str]:
+  return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", type=_csv, default=None,
+                 help=f"comma-separated LLaMA configs (default: {','.join(CPU_MODELS)} on "
+                      f"CPU, {','.join(ACCELERATOR_MODELS)} on GPU/TPU)")
+  p.add_argument("--optimizers", type=_csv, default=list(OPTIMIZERS),
+                 help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default: all)")
+  p.add_argument("--skip", type=_csv, default=[], help="optimizers to leave out")
+  p.add_argument("--grad-dtypes", type=_csv, default=["float32", "bfloat16"],
+                 help="gradient dtypes (default: float32,bfloat16)")
+  p.add_argument("--repeats", type=int, default=None,
+                 help="timed samples per case, median reported (default: 20 on GPU/TPU, 5 on CPU)")
+  p.add_argument("--calls", type=int, default=None,
+                 help="back-to-back steps per sample, one sync at the end; the sample's time "
+                      "is divided by it (default: 5 on GPU/TPU, 1 on CPU)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed samples after compiling (2)")
+  p.add_argument("--max-seconds", type=float, default=10.0,
+                 help="cut the timed samples of a slow case (to 3 at least) to about this many "
+                      "seconds; 0 for no limit (default: 10)")
+  p.add_argument("--count-passes", action=argparse.BooleanOptionalAction, default=True,
+                 help="static full-size read/write count from the compiled HLO of one matrix "
+                      "(default: on)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", type=Path, default=None,
+                 help="output folder (default: benchmarks/results/step_cost_<platform>)")
+  args = p.parse_args(argv)
+  unknown = sorted(set(args.optimizers + args.skip) - set(OPTIMIZERS))
+  if unknown:
+    p.error(f"unknown optimizer(s) {unknown}; choose from {', '.join(OPTIMIZERS)}")
+  args.optimizers = [o for o in args.optimizers if o not in args.skip]
+  from models.llama import CONFIGS
+
+  unknown = [m for m in args.models or () if m not in CONFIGS]
+  if unknown:
+    p.error(f"unknown model(s) {unknown}; choose from {', '.join(CONFIGS)}")
+  return args
+
+
+def main(argv=None) -> dict:
+  """Runs the benchmark, writes ``step_cost.json`` and ``step_cost.md``; returns the JSON dict."""
+  args = parse_args(argv)
+  with warnings.catch_warnings():
+    # sgd has no state to donate; XLA would say so for every call.
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    return run(args, sys.argv[1:] if argv is None else list(argv))
+
+
+def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
+  platform = jax.default_backend()
+  on_cpu = platform == "cpu"
+  models = args.models or list(CPU_MODELS if on_cpu else ACCELERATOR_MODELS)
+  plan = TimingPlan(repeats=args.repeats or (5 if on_cpu else 20), warmup=args.warmup,
+                    calls=args.calls or (1 if on_cpu else 5), max_seconds=args.max_seconds)
+  out = args.out or REPO / "benchmarks" / "results" / f"step_cost_{platform}"
+  device = jax.devices()[0]
+  command = " ".join(["python benchmarks/step_cost.py", *argv_list])
+  print(f"{device.device_kind} ({platform}); models {','.join(models)}; "
+        f"optimizers {','.join(args.optimizers)}; grads {','.join(args.grad_dtypes)}; "
+        f"{plan.repeats} samples of {plan.calls} step(s)", flush=True)
+
+  result = {
+      "metadata": {
+          "platform": platform, "device_kind": device.device_kind,
+          "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "command": command, "argv": argv_list, **_versions()},
+      "learning_rate": LEARNING_RATE, "timing": plan._asdict(), "models": [],
+  }
+  key = jax.random.key(args.seed)
+  for model in models:
+    shapes = param_shapes(model)
+    key, pkey, gkey = jax.random.split(key, 3)
+    params = random_tree(shapes, pkey, jnp.float32, 0.02)
+    entry = {"model": model, "num_params": sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)),
+             "param_bytes": tree_bytes(shapes)}
+    entry.update(time_memory_baselines(params, plan))
+    entry["pass_ms"] = entry["copy"]["median_ms"] / 2
+    print(f"{model}: {entry['num_params'] / 1e6:.1f}M params, copy "
+          f"{entry['copy']['median_ms']:.3f} ms, read {entry['read']['median_ms']:.3f} ms",
+          flush=True)
+    entry["steps"] = []
+    for grad_dtype in args.grad_dtypes:
+      grads = random_tree(shapes, gkey, jnp.dtype(grad_dtype), 1.0)
+      rows = []
+      for name in args.optimizers:
+        tx = OPTIMIZERS[name](LEARNING_RATE)
+        total, matrices = state_bytes(tx, shapes)
+        timing = time_optimizer(tx, params, grads, plan)
+        row = {"optimizer": name, "grad_dtype": grad_dtype, **timing,
+               "passes": timing["median_ms"] / entry["pass_ms"],
+               "state_bytes": total, "state_bytes_matrices": matrices}
+        rows.append(row)
+        print(f"  {grad_dtype:8s} {name:20s} {row['median_ms']:10.3f} ms "
+              f"{row['passes']:6.1f} passes  ({row['repeats']} samples, "
+              f"compile {row['compile_s']:.1f} s)", flush=True)
+      adamw = next((r["median_ms"] for r in rows if r["optimizer"] == "adamw"), None)
+      for r in rows:
+        r["ratio_to_adamw"] = None if adamw is None else r["median_ms"] / adamw
+      entry["steps"] += rows
+      del grads
+    del params
+    result["models"].append(entry)
+
+  if args.count_passes:
+    model = models[-1]
+    shape = param_shapes(model)["layers"][0]["mlp"]["up_proj"]["kernel"].shape
+    rows = []
+    for grad_dtype in args.grad_dtypes:
+      for name in args.optimizers:
+        counts = count_passes(OPTIMIZERS[name](LEARNING_RATE), shape, jnp.dtype(grad_dtype))
+        rows.append({"optimizer": name, "grad_dtype": grad_dtype, **counts})
+    result["hlo_passes"] = {"model": model, "shape": list(shape), "rows": rows}
+
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "step_cost.json").write_text(json.dumps(result, indent=1))
+  table = markdown(result)
+  (out / "step_cost.md").write_text(table)
+  print()
+  print(table)
+  print(f"Wrote {out / 'step_cost.json'} and {out / 'step_cost.md'}")
+  return result
+
+
+if __name__ == "__main__":
+  main()
