@@ -12,8 +12,9 @@ A checkpoint at step `s` is a directory `<dir>/<s>/` with two items:
 Orbax writes a step into a temporary directory, puts `commit_success.txt` in it and
 only then renames it to `<s>/` (on object stores, where there is no rename, the commit
 file alone marks completion). So a run killed mid-save leaves a tmp dir or a step dir
-without the commit file; only steps with the commit file count, the debris is cleared
-when the run resumes, and the previous step stays restorable.
+without the commit file; only steps with the commit file count, the debris is moved
+aside to `<dir>.unfinished/` when the run resumes (never deleted), and the previous
+step stays restorable.
 
 Paths go through `etils.epath`, as orbax's do, so `gs://` directories work too.
 """
@@ -116,11 +117,20 @@ class Checkpoints:
     def open(self) -> None:
         """Clears the debris of interrupted saves and starts the orbax manager."""
         if self._debris:
-            self.notes.append(f"removed unfinished saves in {self.directory}: "
+            # Moved aside, never deleted: if some orbax version finalized a step without
+            # the commit file, the user's checkpoint is still there to recover by hand.
+            aside = epath.Path(self.directory + ".unfinished")
+            self.notes.append(f"moved unfinished saves of {self.directory} to {aside}: "
                               + ", ".join(p.name for p in self._debris))
             if jax.process_index() == 0:
+                aside.mkdir(parents=True, exist_ok=True)
                 for p in self._debris:
-                    p.rmtree(missing_ok=True)
+                    target = aside / p.name
+                    n = 1
+                    while target.exists():
+                        target = aside / f"{p.name}.{n}"
+                        n += 1
+                    p.rename(target)
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils
 

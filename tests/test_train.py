@@ -192,10 +192,12 @@ def test_resume_after_interruption_is_bitwise_identical(fsdp8, tmp_path):
     assert [h["step"] for h in resumed["history"]] == [3, 4, 5]
     np.testing.assert_array_equal(losses(resumed), losses(uninterrupted)[3:])
     assert resumed["final_val_loss"] == uninterrupted["final_val_loss"]
-    # The unfinished saves were cleared and the run saved its own last step.
+    # The unfinished saves were moved aside (never deleted); the run saved its own last step.
     ckpt = tmp_path / "run" / "ckpt"
     assert sorted(os.listdir(ckpt)) == ["3", "6"]
     assert complete_steps(ckpt) == [3, 6]
+    assert sorted(os.listdir(tmp_path / "run" / "ckpt.unfinished")) == [
+        "5", f"{STEPS}.orbax-checkpoint-tmp-1234"]
     # The metrics file reads as one run: steps 3..5 replayed, not duplicated.
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(STEPS))
