@@ -245,7 +245,10 @@ def markdown(result: dict) -> str:
         f"10% of the peak lr, gradient clip {s['grad_clip']:g}, seed {s['seed']}; validation "
         f"every {s['eval_every']} steps on {s['eval_batches']} batches. sinkgd/swan: alpha "
         f"{s['alpha']:g} (hidden matrices step alpha x lr), sinkgd {s['num_iters']} "
-        "SR-Sinkhorn rounds; muon: AdamW part at lr 3e-3.",
+        "SR-Sinkhorn rounds; "
+        + ("muon: AdamW part at lr 3e-3; sinkgd/swan: AdamW part at lr = the swept lr."
+           if s.get("adam_lr") is None else
+           f"sinkgd/swan/muon: AdamW part (embeddings, head, norms) fixed at lr {s['adam_lr']:g}."),
         "",
         "### Learning-rate sweep (final validation loss; best in bold)",
         "",
@@ -395,6 +398,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "GPU/TPU")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="sinkgd/swan: hidden matrices step alpha * lr (%(default)s)")
+    p.add_argument("--adam-lr", type=float, default=None,
+                   help="sinkgd/swan/muon: fix the lr of their AdamW group (embeddings, head, "
+                        "norms) instead of train.py's default, to separate the two groups")
     p.add_argument("--num-iters", type=int, default=5,
                    help="sinkgd: SR-Sinkhorn rounds (%(default)s)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="(%(default)s)")
@@ -425,7 +431,13 @@ def train_argv(args, optimizer: str, lr: float, run_dir: str) -> list[str]:
             "--eval-every", str(args.eval_every), "--eval-batches", str(args.eval_batches),
             "--run-dir", run_dir, "--ckpt-every", "0", "--metrics", "none",
             "--log-every", str(args.steps), "--no-progress"]
+    if args.adam_lr is not None and optimizer in ADAM_GROUP_OPTIMIZERS:
+        argv += ["--adam-lr", repr(args.adam_lr)]
     return argv + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
+
+
+# Optimizers whose recipe sends embeddings, head and norms to a separate AdamW group.
+ADAM_GROUP_OPTIMIZERS = ("sinkgd", "swan", "muon")
 
 
 def main(argv=None) -> dict:
@@ -454,6 +466,7 @@ def main(argv=None) -> dict:
                      "eval_batches": args.eval_batches, "data": args.data,
                      "tokenizer": args.tokenizer or "byte", "seed": args.seed,
                      "alpha": args.alpha, "num_iters": args.num_iters,
+                     "adam_lr": args.adam_lr,
                      "grad_clip": args.grad_clip, "warmup_fraction": 0.1,
                      "final_lr_fraction": 0.1, "lr_grid": grid, "params": None},
         "runs": [], "summary": [],
