@@ -12,6 +12,7 @@ and the update direction is ``G_L``. No optimizer state is kept.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -274,13 +275,6 @@ def scale_by_swan(
     Ma, Gong, Scetbon, Meeds, *SWAN: SGD with Normalization and Whitening
     Enables Stateless LLM Training*, 2024, arXiv 2412.13148.
   """
-  whiten = norms.whiten if ns_steps == 10 else _partial_whiten(ns_steps)
+  whiten = functools.partial(norms.whiten, ns_steps=ns_steps)
   chain = [norms.row_standardize, whiten] + ([norms.rms] if rescale else [])
   return multinorm(chain, 1, dimension_numbers=dimension_numbers)
-
-
-def _partial_whiten(ns_steps: int) -> Normalizer:
-  def whiten(g):
-    return norms.whiten(g, ns_steps=ns_steps)
-
-  return whiten
