@@ -3,7 +3,10 @@
 One JSON object per line, each with "kind" and "step":
 
     {"kind": "train", "step": s, "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "time_s"}
-    {"kind": "eval",  "step": s, "val_loss", "val_ppl"}
+    {"kind": "eval",  "step": s, "val_loss", "val_ppl", "time_s"}
+
+"time_s" is seconds since the run (or its resumption) started, taken when the record is
+made: after the step's update for train records, after the evaluation for eval records.
 
 "step" counts the updates the measured parameters have had: train step s is the loss of
 the batch at data position s, before its update; eval step s is after s updates.
@@ -84,7 +87,7 @@ class RunLog:
 
     def eval(self, step: int, val_loss: float) -> None:
         record = {"kind": "eval", "step": step, "val_loss": val_loss,
-                  "val_ppl": math.exp(min(val_loss, 80.0))}
+                  "val_ppl": math.exp(min(val_loss, 80.0)), "time_s": time.time() - self.t0}
         self.evals.append(record)
         if step not in self._evals_on_file:  # a run resumed at its end re-evaluates
             self._write(record)
