@@ -185,6 +185,14 @@ def make_schedule(peak: float, steps: int, warmup: int | None = None,
         0.0, peak, warmup_steps=warmup, decay_steps=steps, end_value=final_fraction * peak)
 
 
+def muon_dimension_numbers(params):
+    """Muon on the hidden matrices that sinkgd/swan normalize; None (its AdamW) elsewhere,
+    so the three optimizers split the parameters the same way."""
+    return jax.tree.map(lambda label: optax.contrib.MuonDimensionNumbers()
+                        if label == mo.alias.MATRIX else None,
+                        mo.default_param_labels(params))
+
+
 def build_optimizer(name: str, schedule: optax.Schedule, args) -> optax.GradientTransformation:
     """The optimizer `name` stepping by `schedule`; hyperparameters from `args`.
 
@@ -207,14 +215,9 @@ def build_optimizer(name: str, schedule: optax.Schedule, args) -> optax.Gradient
     if name == "adafactor":
         return optax.adafactor(schedule, weight_decay_rate=wd or None)
     if name == "muon":
-        def matrices(params):
-            return jax.tree.map(lambda label: optax.contrib.MuonDimensionNumbers()
-                                if label == mo.alias.MATRIX else None,
-                                mo.default_param_labels(params))
-
         return optax.contrib.muon(schedule, weight_decay=wd, adam_weight_decay=wd,
                                   adam_learning_rate=adam_schedule,
-                                  muon_weight_dimension_numbers=matrices)
+                                  muon_weight_dimension_numbers=muon_dimension_numbers)
     if name == "sgd":
         return optax.chain(optax.add_decayed_weights(wd), optax.sgd(schedule))
     raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")

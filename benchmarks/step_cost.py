@@ -82,6 +82,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/step_cost.py` from a checkou
   sys.path.insert(0, str(REPO))
 
 import multinorm_optax as mo  # noqa: E402
+import train  # noqa: E402
 
 LEARNING_RATE = 1e-3  # the same for every optimizer; values do not change the cost
 
@@ -90,14 +91,7 @@ CPU_MODELS = ("tiny", "60m")
 
 
 def _muon(lr):
-  # Same recipe as sinkgd/swan: hidden matrices get Muon, everything else
-  # (embeddings, LM head, norm scales) Muon's internal AdamW.
-  def dimension_numbers(params):
-    return jax.tree.map(
-        lambda label: optax.contrib.MuonDimensionNumbers() if label == "multinorm" else None,
-        mo.default_param_labels(params))
-
-  return optax.contrib.muon(lr, muon_weight_dimension_numbers=dimension_numbers)
+  return optax.contrib.muon(lr, muon_weight_dimension_numbers=train.muon_dimension_numbers)
 
 
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {

@@ -37,9 +37,6 @@ class DimensionNumbers(NamedTuple):
   output_axis: Axes = 1
 
 
-FLAX_KERNEL = DimensionNumbers(0, 1)
-
-
 def default_dimension_numbers(shape: Sequence[int]) -> DimensionNumbers | None:
   """Flax's convention: the last two axes are ``(fan_in, fan_out)``.
 
