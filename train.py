@@ -36,8 +36,13 @@ import optax
 from flax import nnx
 
 import multinorm_optax as mo
-from models.llama import (Llama, count_params, create_sharded_model, get_config,
-                          param_partition_specs)
+from models.llama import (
+  Llama,
+  count_params,
+  create_sharded_model,
+  get_config,
+  param_partition_specs,
+)
 from pretrain import mesh as meshlib
 from pretrain.checkpoint import Checkpoints
 from pretrain.data import BatchSampler, load_corpus, validation_batches
@@ -48,485 +53,761 @@ OPTIMIZERS = ("sinkgd", "swan", "adamw", "adafactor", "muon", "sgd")
 # Peak learning rates that train the tiny model well in the default run. For sinkgd and
 # swan this is also the AdamW rate of embeddings/head/norms; their hidden matrices step
 # alpha * lr along the normalized gradient.
-DEFAULT_LR = {"sinkgd": 0.03, "swan": 0.03, "adamw": 0.003, "adafactor": 0.01,
-              "muon": 0.02, "sgd": 0.3}
+DEFAULT_LR = {
+  "sinkgd": 0.03,
+  "swan": 0.03,
+  "adamw": 0.003,
+  "adafactor": 0.01,
+  "muon": 0.02,
+  "sgd": 0.3,
+}
 MUON_ADAM_LR = 3e-3  # muon's lr is far too large for the AdamW part
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss, gradient or parameters went NaN/Inf; `summary` holds the run so far."""
+  """The loss, gradient or parameters went NaN/Inf; `summary` holds the run so far."""
 
-    def __init__(self, message: str, summary: dict):
-        super().__init__(message)
-        self.summary = summary
+  def __init__(self, message: str, summary: dict):
+    super().__init__(message)
+    self.summary = summary
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
+  def error(self, message):  # one line, no usage block
+    self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = _Parser(prog="train.py", description=__doc__.split("\n\n")[0])
-    env = os.environ.get
-    g = p.add_argument_group("model and optimizer")
-    g.add_argument("--model", default="tiny", help="tiny, 60m, 130m, 350m or 1b (%(default)s)")
-    g.add_argument("--optimizer", default="sinkgd", choices=OPTIMIZERS,
-                   help="(%(default)s) sinkgd, swan: the paper's recipe, normalized "
-                        "hidden matrices and AdamW for the rest")
-    g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default per optimizer: "
-                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    g.add_argument("--adam-lr", type=float, default=None,
-                   help="sinkgd/swan/muon: peak lr of the AdamW group (embeddings, head, "
-                        f"norms); default --lr, or {MUON_ADAM_LR:g} for muon")
-    g.add_argument("--alpha", type=float, default=0.05,
-                   help="sinkgd/swan: hidden matrices step alpha * lr (%(default)s)")
-    g.add_argument("--num-iters", type=int, default=5,
-                   help="sinkgd: SR-Sinkhorn rounds (%(default)s)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="(%(default)s)")
-    g.add_argument("--warmup", type=int, default=None,
-                   help="linear warmup steps (default 10%% of --steps), then cosine decay")
-    g.add_argument("--final-lr-fraction", type=float, default=0.1,
-                   help="the cosine decay ends at this fraction of the peak lr (%(default)s)")
-    g.add_argument("--grad-clip", type=float, default=1.0,
-                   help="clip gradients to this global norm; 0: off (%(default)s)")
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                   help="compute dtype; auto: float32 on CPU, bfloat16 on GPU/TPU "
-                        "(parameters are float32 either way)")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=None,
-                   help="stdlib (default: the Python standard library's sources), a text "
-                        "file/dir/glob, PATH.bin[:uint32] or hf:NAME[:CONFIG]")
-    g.add_argument("--tokenizer", default=None,
-                   help="byte (default), a tokenizer.json or a sentencepiece .model")
-    g.add_argument("--steps", type=int, default=600, help="(%(default)s)")
-    g.add_argument("--batch-size", type=int, default=16,
-                   help="global batch, in sequences (%(default)s)")
-    g.add_argument("--seq-len", type=int, default=128, help="(%(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="model init and data order (%(default)s)")
-    g = p.add_argument_group("outputs")
-    g.add_argument("--run-dir", default=os.path.join("runs", "default"),
-                   help="holds ckpt/ and metrics.jsonl unless --ckpt-dir/--metrics say "
-                        "(%(default)s)")
-    g.add_argument("--ckpt-dir", default=None, help="default: RUN_DIR/ckpt")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in the checkpoint dir, if any")
-    g.add_argument("--ckpt-every", type=int, default=200,
-                   help="save every N steps and at the end; 0: never save (%(default)s)")
-    g.add_argument("--keep", type=int, default=3,
-                   help="keep the last N checkpoints; 0: all (%(default)s)")
-    g.add_argument("--eval-every", type=int, default=100,
-                   help="evaluate every N steps and at the end; 0: only at the end "
-                        "(%(default)s)")
-    g.add_argument("--eval-batches", type=int, default=8,
-                   help="validation batches per evaluation; 0: no evaluation (%(default)s)")
-    g.add_argument("--log-every", type=int, default=10,
-                   help="write a metrics line every N steps (%(default)s)")
-    g.add_argument("--metrics", default=None,
-                   help="metrics JSONL file (default: RUN_DIR/metrics.jsonl; none: off)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--inject-nan-at", type=int, default=None, metavar="STEP",
-                   help="testing aid: make the loss at STEP NaN")
-    g = p.add_argument_group("devices")
-    g.add_argument("--mesh", default=None,
-                   help="axis sizes, e.g. data=2,fsdp=4,tensor=1; fsdp, if left out, takes "
-                        "the devices the others leave (default: all devices on fsdp)")
-    g.add_argument("--devices", type=int, default=None,
-                   help="use only the first N devices (single process)")
-    g.add_argument("--cpu-devices", type=int, default=None,
-                   help="simulate N CPU devices (before JAX has started)")
-    g.add_argument("--coordinator", default=env("JAX_COORDINATOR_ADDRESS"),
-                   help="multi-process: HOST:PORT of process 0 "
-                        "(default: $JAX_COORDINATOR_ADDRESS)")
-    g.add_argument("--num-processes", type=int, default=env("JAX_NUM_PROCESSES"),
-                   help="multi-process: how many (default: $JAX_NUM_PROCESSES)")
-    g.add_argument("--process-id", type=int, default=env("JAX_PROCESS_ID"),
-                   help="multi-process: this one's index (default: $JAX_PROCESS_ID)")
-    args = p.parse_args(argv)
-    for name in ("steps", "batch_size", "seq_len", "log_every", "num_iters"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("ckpt_every", "eval_every", "eval_batches", "keep", "grad_clip"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must not be negative")
-    if args.lr is None:
-        args.lr = DEFAULT_LR[args.optimizer]
-    return args
+  p = _Parser(prog="train.py", description=__doc__.split("\n\n")[0])
+  env = os.environ.get
+  g = p.add_argument_group("model and optimizer")
+  g.add_argument(
+    "--model", default="tiny", help="tiny, 60m, 130m, 350m or 1b (%(default)s)"
+  )
+  g.add_argument(
+    "--optimizer",
+    default="sinkgd",
+    choices=OPTIMIZERS,
+    help="(%(default)s) sinkgd, swan: the paper's recipe, normalized "
+    "hidden matrices and AdamW for the rest",
+  )
+  g.add_argument(
+    "--lr",
+    type=float,
+    default=None,
+    help="peak learning rate (default per optimizer: "
+    + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+    + ")",
+  )
+  g.add_argument(
+    "--adam-lr",
+    type=float,
+    default=None,
+    help="sinkgd/swan/muon: peak lr of the AdamW group (embeddings, head, "
+    f"norms); default --lr, or {MUON_ADAM_LR:g} for muon",
+  )
+  g.add_argument(
+    "--alpha",
+    type=float,
+    default=0.05,
+    help="sinkgd/swan: hidden matrices step alpha * lr (%(default)s)",
+  )
+  g.add_argument(
+    "--num-iters",
+    type=int,
+    default=5,
+    help="sinkgd: SR-Sinkhorn rounds (%(default)s)",
+  )
+  g.add_argument(
+    "--weight-decay", type=float, default=0.0, help="(%(default)s)"
+  )
+  g.add_argument(
+    "--warmup",
+    type=int,
+    default=None,
+    help="linear warmup steps (default 10%% of --steps), then cosine decay",
+  )
+  g.add_argument(
+    "--final-lr-fraction",
+    type=float,
+    default=0.1,
+    help="the cosine decay ends at this fraction of the peak lr (%(default)s)",
+  )
+  g.add_argument(
+    "--grad-clip",
+    type=float,
+    default=1.0,
+    help="clip gradients to this global norm; 0: off (%(default)s)",
+  )
+  g.add_argument(
+    "--dtype",
+    default="auto",
+    choices=("auto", "float32", "bfloat16"),
+    help="compute dtype; auto: float32 on CPU, bfloat16 on GPU/TPU "
+    "(parameters are float32 either way)",
+  )
+  g = p.add_argument_group("data")
+  g.add_argument(
+    "--data",
+    default=None,
+    help="stdlib (default: the Python standard library's sources), a text "
+    "file/dir/glob, PATH.bin[:uint32] or hf:NAME[:CONFIG]",
+  )
+  g.add_argument(
+    "--tokenizer",
+    default=None,
+    help="byte (default), a tokenizer.json or a sentencepiece .model",
+  )
+  g.add_argument("--steps", type=int, default=600, help="(%(default)s)")
+  g.add_argument(
+    "--batch-size",
+    type=int,
+    default=16,
+    help="global batch, in sequences (%(default)s)",
+  )
+  g.add_argument("--seq-len", type=int, default=128, help="(%(default)s)")
+  g.add_argument(
+    "--seed",
+    type=int,
+    default=0,
+    help="model init and data order (%(default)s)",
+  )
+  g = p.add_argument_group("outputs")
+  g.add_argument(
+    "--run-dir",
+    default=os.path.join("runs", "default"),
+    help="holds ckpt/ and metrics.jsonl unless --ckpt-dir/--metrics say "
+    "(%(default)s)",
+  )
+  g.add_argument("--ckpt-dir", default=None, help="default: RUN_DIR/ckpt")
+  g.add_argument(
+    "--resume",
+    action="store_true",
+    help="continue from the latest checkpoint in the checkpoint dir, if any",
+  )
+  g.add_argument(
+    "--ckpt-every",
+    type=int,
+    default=200,
+    help="save every N steps and at the end; 0: never save (%(default)s)",
+  )
+  g.add_argument(
+    "--keep",
+    type=int,
+    default=3,
+    help="keep the last N checkpoints; 0: all (%(default)s)",
+  )
+  g.add_argument(
+    "--eval-every",
+    type=int,
+    default=100,
+    help="evaluate every N steps and at the end; 0: only at the end "
+    "(%(default)s)",
+  )
+  g.add_argument(
+    "--eval-batches",
+    type=int,
+    default=8,
+    help="validation batches per evaluation; 0: no evaluation (%(default)s)",
+  )
+  g.add_argument(
+    "--log-every",
+    type=int,
+    default=10,
+    help="write a metrics line every N steps (%(default)s)",
+  )
+  g.add_argument(
+    "--metrics",
+    default=None,
+    help="metrics JSONL file (default: RUN_DIR/metrics.jsonl; none: off)",
+  )
+  g.add_argument("--no-progress", action="store_true", help="no progress bar")
+  g.add_argument(
+    "--inject-nan-at",
+    type=int,
+    default=None,
+    metavar="STEP",
+    help="testing aid: make the loss at STEP NaN",
+  )
+  g = p.add_argument_group("devices")
+  g.add_argument(
+    "--mesh",
+    default=None,
+    help="axis sizes, e.g. data=2,fsdp=4,tensor=1; fsdp, if left out, takes "
+    "the devices the others leave (default: all devices on fsdp)",
+  )
+  g.add_argument(
+    "--devices",
+    type=int,
+    default=None,
+    help="use only the first N devices (single process)",
+  )
+  g.add_argument(
+    "--cpu-devices",
+    type=int,
+    default=None,
+    help="simulate N CPU devices (before JAX has started)",
+  )
+  g.add_argument(
+    "--coordinator",
+    default=env("JAX_COORDINATOR_ADDRESS"),
+    help="multi-process: HOST:PORT of process 0 "
+    "(default: $JAX_COORDINATOR_ADDRESS)",
+  )
+  g.add_argument(
+    "--num-processes",
+    type=int,
+    default=env("JAX_NUM_PROCESSES"),
+    help="multi-process: how many (default: $JAX_NUM_PROCESSES)",
+  )
+  g.add_argument(
+    "--process-id",
+    type=int,
+    default=env("JAX_PROCESS_ID"),
+    help="multi-process: this one's index (default: $JAX_PROCESS_ID)",
+  )
+  args = p.parse_args(argv)
+  for name in ("steps", "batch_size", "seq_len", "log_every", "num_iters"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name.replace('_', '-')} must be at least 1")
+  for name in ("ckpt_every", "eval_every", "eval_batches", "keep", "grad_clip"):
+    if getattr(args, name) < 0:
+      p.error(f"--{name.replace('_', '-')} must not be negative")
+  if args.lr is None:
+    args.lr = DEFAULT_LR[args.optimizer]
+  return args
 
 
 def setup_runtime(args) -> None:
-    """Simulated CPU devices and multi-process init: both must precede any JAX op."""
-    if args.cpu_devices is not None and jax.config.jax_num_cpu_devices != args.cpu_devices:
-        try:
-            jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-        except RuntimeError:
-            raise ValueError(f"--cpu-devices {args.cpu_devices}: JAX has already started "
-                             f"with {len(jax.devices())} devices") from None
-    if (args.num_processes or 1) > 1 and not jax.distributed.is_initialized():
-        if args.coordinator is None or args.process_id is None:
-            raise ValueError("--num-processes > 1 needs --coordinator and --process-id")
-        # CPU collectives across processes need gloo; GPU/TPU backends ignore this.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  """Simulated CPU devices and multi-process init: both must precede any JAX op."""
+  if (
+    args.cpu_devices is not None
+    and jax.config.jax_num_cpu_devices != args.cpu_devices
+  ):
+    try:
+      jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    except RuntimeError:
+      raise ValueError(
+        f"--cpu-devices {args.cpu_devices}: JAX has already started "
+        f"with {len(jax.devices())} devices"
+      ) from None
+  if (args.num_processes or 1) > 1 and not jax.distributed.is_initialized():
+    if args.coordinator is None or args.process_id is None:
+      raise ValueError(
+        "--num-processes > 1 needs --coordinator and --process-id"
+      )
+    # CPU collectives across processes need gloo; GPU/TPU backends ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+      args.coordinator, args.num_processes, args.process_id
+    )
 
 
 # ------------------------------------------------------------------ optimization
 
 
-def make_schedule(peak: float, steps: int, warmup: int | None = None,
-                  final_fraction: float = 0.1) -> optax.Schedule:
-    """Linear warmup from 0 over `warmup` steps (default 10% of `steps`), then cosine
-    decay to `final_fraction * peak` at `steps`: the paper's protocol."""
-    warmup = max(1, steps // 10) if warmup is None else warmup
-    if warmup >= steps:
-        return optax.linear_schedule(0.0, peak, warmup)
-    return optax.warmup_cosine_decay_schedule(
-        0.0, peak, warmup_steps=warmup, decay_steps=steps, end_value=final_fraction * peak)
+def make_schedule(
+  peak: float,
+  steps: int,
+  warmup: int | None = None,
+  final_fraction: float = 0.1,
+) -> optax.Schedule:
+  """Linear warmup from 0 over `warmup` steps (default 10% of `steps`), then cosine
+  decay to `final_fraction * peak` at `steps`: the paper's protocol."""
+  warmup = max(1, steps // 10) if warmup is None else warmup
+  if warmup >= steps:
+    return optax.linear_schedule(0.0, peak, warmup)
+  return optax.warmup_cosine_decay_schedule(
+    0.0,
+    peak,
+    warmup_steps=warmup,
+    decay_steps=steps,
+    end_value=final_fraction * peak,
+  )
 
 
 def muon_dimension_numbers(params):
-    """Muon on the hidden matrices that sinkgd/swan normalize; None (its AdamW) elsewhere,
-    so the three optimizers split the parameters the same way."""
-    return jax.tree.map(lambda label: optax.contrib.MuonDimensionNumbers()
-                        if label == mo.alias.MATRIX else None,
-                        mo.default_param_labels(params))
+  """Muon on the hidden matrices that sinkgd/swan normalize; None (its AdamW) elsewhere,
+  so the three optimizers split the parameters the same way."""
+  return jax.tree.map(
+    lambda label: (
+      optax.contrib.MuonDimensionNumbers() if label == mo.alias.MATRIX else None
+    ),
+    mo.default_param_labels(params),
+  )
 
 
-def build_optimizer(name: str, schedule: optax.Schedule, args) -> optax.GradientTransformation:
-    """The optimizer `name` stepping by `schedule`; hyperparameters from `args`.
+def build_optimizer(
+  name: str, schedule: optax.Schedule, args
+) -> optax.GradientTransformation:
+  """The optimizer `name` stepping by `schedule`; hyperparameters from `args`.
 
-    sinkgd, swan and muon normalize the hidden matrices (multinorm_optax's labels: 2-D
-    and not embed/lm_head/norm) and give everything else AdamW.
-    """
-    wd = args.weight_decay
-    adam_schedule = schedule
-    if args.adam_lr is not None or name == "muon":
-        peak = MUON_ADAM_LR if args.adam_lr is None else args.adam_lr
-        adam_schedule = make_schedule(peak, args.steps, args.warmup, args.final_lr_fraction)
-    if name == "sinkgd":
-        return mo.sinkgd(schedule, alpha=args.alpha, num_iters=args.num_iters,
-                         weight_decay=wd, adam_learning_rate=adam_schedule)
-    if name == "swan":
-        return mo.swan(schedule, alpha=args.alpha, weight_decay=wd,
-                       adam_learning_rate=adam_schedule)
-    if name == "adamw":
-        return optax.adamw(schedule, weight_decay=wd)
-    if name == "adafactor":
-        return optax.adafactor(schedule, weight_decay_rate=wd or None)
-    if name == "muon":
-        return optax.contrib.muon(schedule, weight_decay=wd, adam_weight_decay=wd,
-                                  adam_learning_rate=adam_schedule,
-                                  muon_weight_dimension_numbers=muon_dimension_numbers)
-    if name == "sgd":
-        return optax.chain(optax.add_decayed_weights(wd), optax.sgd(schedule))
-    raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+  sinkgd, swan and muon normalize the hidden matrices (multinorm_optax's labels: 2-D
+  and not embed/lm_head/norm) and give everything else AdamW.
+  """
+  wd = args.weight_decay
+  adam_schedule = schedule
+  if args.adam_lr is not None or name == "muon":
+    peak = MUON_ADAM_LR if args.adam_lr is None else args.adam_lr
+    adam_schedule = make_schedule(
+      peak, args.steps, args.warmup, args.final_lr_fraction
+    )
+  if name == "sinkgd":
+    return mo.sinkgd(
+      schedule,
+      alpha=args.alpha,
+      num_iters=args.num_iters,
+      weight_decay=wd,
+      adam_learning_rate=adam_schedule,
+    )
+  if name == "swan":
+    return mo.swan(
+      schedule,
+      alpha=args.alpha,
+      weight_decay=wd,
+      adam_learning_rate=adam_schedule,
+    )
+  if name == "adamw":
+    return optax.adamw(schedule, weight_decay=wd)
+  if name == "adafactor":
+    return optax.adafactor(schedule, weight_decay_rate=wd or None)
+  if name == "muon":
+    return optax.contrib.muon(
+      schedule,
+      weight_decay=wd,
+      adam_weight_decay=wd,
+      adam_learning_rate=adam_schedule,
+      muon_weight_dimension_numbers=muon_dimension_numbers,
+    )
+  if name == "sgd":
+    return optax.chain(optax.add_decayed_weights(wd), optax.sgd(schedule))
+  raise ValueError(
+    f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}"
+  )
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean token cross entropy in float32, as sum(one_hot * log_softmax).
+  """Mean token cross entropy in float32, as sum(one_hot * log_softmax).
 
-    (optax's integer-label version gathers along the vocab axis, which fails when the
-    vocab is sharded over 'tensor'.)
-    """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
-    return -jnp.mean(jnp.sum(onehot * logp, axis=-1))
-
-
-def train_step(state: dict, inputs, targets, *, graphdef, tx, grad_clip: float,
-               nan_step: int | None = None):
-    """One update of `state` = {params (a pure dict), opt_state, step, rng}.
-
-    Returns the new state and {loss, grad_norm} of this step (the norm before clipping).
-    """
-    def loss_fn(params):
-        loss = cross_entropy(nnx.merge(graphdef, params)(inputs), targets)
-        if nan_step is not None:
-            loss = jnp.where(state["step"] == nan_step, jnp.nan, loss)
-        return loss
-
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-    if grad_clip:
-        grads = jax.tree.map(lambda g: g * jnp.minimum(1.0, grad_clip / (grad_norm + 1e-6)),
-                             grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new_state = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
-    return new_state, {"loss": loss, "grad_norm": grad_norm}
+  (optax's integer-label version gathers along the vocab axis, which fails when the
+  vocab is sharded over 'tensor'.)
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
+  return -jnp.mean(jnp.sum(onehot * logp, axis=-1))
 
 
-def make_train_step(graphdef, tx, state_shardings, batch_sharding, *, grad_clip: float,
-                    nan_step: int | None = None):
-    """`train_step`, jitted: the state is donated and stays on `state_shardings`."""
-    step = functools.partial(train_step, graphdef=graphdef, tx=tx, grad_clip=grad_clip,
-                             nan_step=nan_step)
-    return jax.jit(step, in_shardings=(state_shardings, batch_sharding, batch_sharding),
-                   out_shardings=(state_shardings, None), donate_argnums=0)
+def train_step(
+  state: dict,
+  inputs,
+  targets,
+  *,
+  graphdef,
+  tx,
+  grad_clip: float,
+  nan_step: int | None = None,
+):
+  """One update of `state` = {params (a pure dict), opt_state, step, rng}.
+
+  Returns the new state and {loss, grad_norm} of this step (the norm before clipping).
+  """
+
+  def loss_fn(params):
+    loss = cross_entropy(nnx.merge(graphdef, params)(inputs), targets)
+    if nan_step is not None:
+      loss = jnp.where(state["step"] == nan_step, jnp.nan, loss)
+    return loss
+
+  loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+  grad_norm = jnp.sqrt(
+    sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+  )
+  if grad_clip:
+    grads = jax.tree.map(
+      lambda g: g * jnp.minimum(1.0, grad_clip / (grad_norm + 1e-6)), grads
+    )
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  new_state = dict(
+    state, params=params, opt_state=opt_state, step=state["step"] + 1
+  )
+  return new_state, {"loss": loss, "grad_norm": grad_norm}
+
+
+def make_train_step(
+  graphdef,
+  tx,
+  state_shardings,
+  batch_sharding,
+  *,
+  grad_clip: float,
+  nan_step: int | None = None,
+):
+  """`train_step`, jitted: the state is donated and stays on `state_shardings`."""
+  step = functools.partial(
+    train_step, graphdef=graphdef, tx=tx, grad_clip=grad_clip, nan_step=nan_step
+  )
+  return jax.jit(
+    step,
+    in_shardings=(state_shardings, batch_sharding, batch_sharding),
+    out_shardings=(state_shardings, None),
+    donate_argnums=0,
+  )
 
 
 def make_eval_step(graphdef, params_shardings, batch_sharding):
-    """Jitted (params, inputs, targets) -> mean token cross entropy."""
-    def eval_step(params, inputs, targets):
-        return cross_entropy(nnx.merge(graphdef, params)(inputs), targets)
+  """Jitted (params, inputs, targets) -> mean token cross entropy."""
 
-    return jax.jit(eval_step, in_shardings=(params_shardings, batch_sharding, batch_sharding))
+  def eval_step(params, inputs, targets):
+    return cross_entropy(nnx.merge(graphdef, params)(inputs), targets)
+
+  return jax.jit(
+    eval_step, in_shardings=(params_shardings, batch_sharding, batch_sharding)
+  )
 
 
 def evaluate(eval_step, params, batches) -> float:
-    """Mean validation loss over `batches`, a list of equal-size (inputs, targets)."""
-    return sum(float(eval_step(params, x, y)) for x, y in batches) / len(batches)
+  """Mean validation loss over `batches`, a list of equal-size (inputs, targets)."""
+  return sum(float(eval_step(params, x, y)) for x, y in batches) / len(batches)
 
 
 # ------------------------------------------------------------------ building the run
 
 
 def model_config(args, tokenizer):
-    """The config of --model with the compute dtype resolved and the tokenizer's vocab."""
-    base = get_config(args.model)
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    overrides = {"dtype": jnp.dtype(dtype).type}
-    if tokenizer.vocab_size != base.vocab_size:
-        # Rounded up so that a vocab like GPT-2's 50257 still splits over 'tensor'.
-        overrides["vocab_size"] = -(-tokenizer.vocab_size // 128) * 128
-    config = get_config(args.model, **overrides)
-    if args.seq_len > config.max_seq_len:
-        raise ValueError(f"--seq-len {args.seq_len} is longer than model {args.model}'s "
-                         f"context of {config.max_seq_len} tokens")
-    return config
+  """The config of --model with the compute dtype resolved and the tokenizer's vocab."""
+  base = get_config(args.model)
+  dtype = args.dtype
+  if dtype == "auto":
+    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  overrides = {"dtype": jnp.dtype(dtype).type}
+  if tokenizer.vocab_size != base.vocab_size:
+    # Rounded up so that a vocab like GPT-2's 50257 still splits over 'tensor'.
+    overrides["vocab_size"] = -(-tokenizer.vocab_size // 128) * 128
+  config = get_config(args.model, **overrides)
+  if args.seq_len > config.max_seq_len:
+    raise ValueError(
+      f"--seq-len {args.seq_len} is longer than model {args.model}'s "
+      f"context of {config.max_seq_len} tokens"
+    )
+  return config
 
 
 def run_record(args, config, tokenizer) -> dict:
-    """What a checkpoint records about its run. Resuming needs the same model (compute
-    dtype aside), tokenizer and optimizer; other flags may change (with a note)."""
-    model = {k: getattr(v, "__name__", v) for k, v in dataclasses.asdict(config).items()
-             if k != "dtype"}
-    return {
-        "model": {"name": args.model, **model},
-        "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
-        "optimizer": {"name": args.optimizer},
-        "args": {k: v for k, v in vars(args).items()
-                 if k not in ("coordinator", "process_id", "no_progress", "cpu_devices")},
-    }
+  """What a checkpoint records about its run. Resuming needs the same model (compute
+  dtype aside), tokenizer and optimizer; other flags may change (with a note)."""
+  model = {
+    k: getattr(v, "__name__", v)
+    for k, v in dataclasses.asdict(config).items()
+    if k != "dtype"
+  }
+  return {
+    "model": {"name": args.model, **model},
+    "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
+    "optimizer": {"name": args.optimizer},
+    "args": {
+      k: v
+      for k, v in vars(args).items()
+      if k not in ("coordinator", "process_id", "no_progress", "cpu_devices")
+    },
+  }
 
 
 def load_data(args, tokenizer):
-    """(corpus, BatchSampler, this process's validation batches); errors as ValueError."""
-    try:
-        corpus = load_corpus(args.data, tokenizer, seed=args.seed,
-                             max_tokens=args.steps * args.batch_size * args.seq_len)
-    except RuntimeError as e:  # a missing optional package, a failed stream
-        raise ValueError(str(e)) from None
-    sampler = BatchSampler(corpus.train, batch_size=args.batch_size, seq_len=args.seq_len,
-                           seed=args.seed)
-    if args.steps > sampler.max_steps:
-        raise ValueError(
-            f"--steps {args.steps} of {args.batch_size} x {args.seq_len} tokens need more "
-            f"than the {len(corpus.train)} training tokens of {args.data or 'stdlib'} "
-            f"(one epoch is {sampler.max_steps} steps)")
-    val = []
-    if args.eval_batches and len(corpus.val) > args.seq_len:
-        val = validation_batches(corpus.val, batch_size=args.batch_size, seq_len=args.seq_len,
-                                 max_batches=args.eval_batches,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-    return corpus, sampler, val
+  """(corpus, BatchSampler, this process's validation batches); errors as ValueError."""
+  try:
+    corpus = load_corpus(
+      args.data,
+      tokenizer,
+      seed=args.seed,
+      max_tokens=args.steps * args.batch_size * args.seq_len,
+    )
+  except RuntimeError as e:  # a missing optional package, a failed stream
+    raise ValueError(str(e)) from None
+  sampler = BatchSampler(
+    corpus.train,
+    batch_size=args.batch_size,
+    seq_len=args.seq_len,
+    seed=args.seed,
+  )
+  if args.steps > sampler.max_steps:
+    raise ValueError(
+      f"--steps {args.steps} of {args.batch_size} x {args.seq_len} tokens need more "
+      f"than the {len(corpus.train)} training tokens of {args.data or 'stdlib'} "
+      f"(one epoch is {sampler.max_steps} steps)"
+    )
+  val = []
+  if args.eval_batches and len(corpus.val) > args.seq_len:
+    val = validation_batches(
+      corpus.val,
+      batch_size=args.batch_size,
+      seq_len=args.seq_len,
+      max_batches=args.eval_batches,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+  return corpus, sampler, val
 
 
 def build_mesh(args, config) -> jax.sharding.Mesh:
-    """The --mesh over the devices in use, checked against the batch and the model."""
-    devices = jax.devices()
-    if args.devices is not None:
-        if jax.process_count() > 1 or not 1 <= args.devices <= len(devices):
-            raise ValueError(f"--devices {args.devices}: {len(devices)} devices available "
-                             f"(and --devices is for a single process)")
-        devices = devices[: args.devices]
-    mesh = meshlib.make_mesh(meshlib.parse_mesh(args.mesh, len(devices)), devices)
-    meshlib.check_batch_fits(mesh, args.batch_size, jax.process_count())
-    abstract = nnx.state(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))), nnx.Param)
-    meshlib.check_shapes_fit(mesh, abstract, param_partition_specs(abstract))
-    return mesh
+  """The --mesh over the devices in use, checked against the batch and the model."""
+  devices = jax.devices()
+  if args.devices is not None:
+    if jax.process_count() > 1 or not 1 <= args.devices <= len(devices):
+      raise ValueError(
+        f"--devices {args.devices}: {len(devices)} devices available "
+        f"(and --devices is for a single process)"
+      )
+    devices = devices[: args.devices]
+  mesh = meshlib.make_mesh(meshlib.parse_mesh(args.mesh, len(devices)), devices)
+  meshlib.check_batch_fits(mesh, args.batch_size, jax.process_count())
+  abstract = nnx.state(
+    nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))), nnx.Param
+  )
+  meshlib.check_shapes_fit(mesh, abstract, param_partition_specs(abstract))
+  return mesh
 
 
 def init_state(model, tx, mesh, seed: int):
-    """(state, shardings) at step 0: the model's sharded params, optimizer state sharded
-    like them, and the run's base PRNG key (the model has no dropout yet; anything
-    random should fold in the step, so a resumed run draws the same numbers)."""
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    replicated = meshlib.replicated(mesh)
-    opt_shardings = meshlib.shardings_like_params(jax.eval_shape(tx.init, params), params,
-                                                  replicated)
-    shardings = {"params": jax.tree.map(lambda x: x.sharding, params),
-                 "opt_state": opt_shardings, "step": replicated, "rng": replicated}
-    state = {
-        "params": params,
-        "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
-        "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
-        "rng": jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated),
-    }
-    return state, shardings
+  """(state, shardings) at step 0: the model's sharded params, optimizer state sharded
+  like them, and the run's base PRNG key (the model has no dropout yet; anything
+  random should fold in the step, so a resumed run draws the same numbers)."""
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  replicated = meshlib.replicated(mesh)
+  opt_shardings = meshlib.shardings_like_params(
+    jax.eval_shape(tx.init, params), params, replicated
+  )
+  shardings = {
+    "params": jax.tree.map(lambda x: x.sharding, params),
+    "opt_state": opt_shardings,
+    "step": replicated,
+    "rng": replicated,
+  }
+  state = {
+    "params": params,
+    "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
+    "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+    "rng": jax.device_put(
+      jax.random.key_data(jax.random.key(seed)), replicated
+    ),
+  }
+  return state, shardings
 
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+  return jnp.all(
+    jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])
+  )
 
 
 def _describe(args, config, mesh, corpus) -> str:
-    return (f"model {args.model} ({count_params(config) / 1e6:.2f}M params, "
-            f"{config.dtype.__name__} compute) | optimizer {args.optimizer}, lr {args.lr:g}"
-            f" | mesh {meshlib.format_mesh(dict(mesh.shape))} over {mesh.devices.size} "
-            f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)\n"
-            f"data {corpus.description}\n"
-            f"{args.steps} steps of {args.batch_size} x {args.seq_len} tokens")
+  return (
+    f"model {args.model} ({count_params(config) / 1e6:.2f}M params, "
+    f"{config.dtype.__name__} compute) | optimizer {args.optimizer}, lr {args.lr:g}"
+    f" | mesh {meshlib.format_mesh(dict(mesh.shape))} over {mesh.devices.size} "
+    f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)\n"
+    f"data {corpus.description}\n"
+    f"{args.steps} steps of {args.batch_size} x {args.seq_len} tokens"
+  )
 
 
 def _closing_line(s: dict) -> str:
-    line = f"done: {s['steps']} steps, {s['tokens'] / 1e6:.2f}M tokens, {s['time_s']:.0f}s"
-    if s["tokens_per_s"]:
-        line += f" ({s['tokens_per_s']:,.0f} tokens/s)"
-    if s["final_train_loss"] is not None:
-        line += f" | train loss {s['final_train_loss']:.4f} (last 10 steps)"
-    if s["final_val_loss"] is not None:
-        line += f" | val loss {s['final_val_loss']:.4f}, ppl {s['final_val_ppl']:.2f}"
-    if s["ckpt_dir"]:
-        line += f" | checkpoints: {s['ckpt_dir']}"
-    if s["metrics"]:
-        line += f" | metrics: {s['metrics']}"
-    return line
+  line = f"done: {s['steps']} steps, {s['tokens'] / 1e6:.2f}M tokens, {s['time_s']:.0f}s"
+  if s["tokens_per_s"]:
+    line += f" ({s['tokens_per_s']:,.0f} tokens/s)"
+  if s["final_train_loss"] is not None:
+    line += f" | train loss {s['final_train_loss']:.4f} (last 10 steps)"
+  if s["final_val_loss"] is not None:
+    line += (
+      f" | val loss {s['final_val_loss']:.4f}, ppl {s['final_val_ppl']:.2f}"
+    )
+  if s["ckpt_dir"]:
+    line += f" | checkpoints: {s['ckpt_dir']}"
+  if s["metrics"]:
+    line += f" | metrics: {s['metrics']}"
+  return line
 
 
 def _last_good(ckpt) -> str:
-    if ckpt is None or ckpt.latest_step is None:
-        return "No checkpoint was saved."
-    return f"Last good checkpoint: {os.path.join(ckpt.directory, str(ckpt.latest_step))}"
+  if ckpt is None or ckpt.latest_step is None:
+    return "No checkpoint was saved."
+  return f"Last good checkpoint: {os.path.join(ckpt.directory, str(ckpt.latest_step))}"
 
 
 # ------------------------------------------------------------------ the run
 
 
 def train(args) -> dict:
-    """Runs training as `args` (from `parse_args`) says; returns the summary.
+  """Runs training as `args` (from `parse_args`) says; returns the summary.
 
-    The summary holds the final train/val loss and perplexity, token and time totals,
-    `history` (one {step, loss, lr, grad_norm, time_s} per step of this run) and
-    `evals`. Raises ValueError for bad input, before anything is written, and
-    NonFiniteLossError when training diverges (the bad state is never saved).
-    """
-    setup_runtime(args)
-    if args.lr is None:  # a namespace built by hand rather than by parse_args
-        args = copy.copy(args)
-        args.lr = DEFAULT_LR[args.optimizer]
-    ckpt_dir = args.ckpt_dir or os.path.join(args.run_dir, "ckpt")
-    metrics_path = args.metrics or os.path.join(args.run_dir, "metrics.jsonl")
-    metrics_path = None if metrics_path == "none" else os.path.abspath(metrics_path)
+  The summary holds the final train/val loss and perplexity, token and time totals,
+  `history` (one {step, loss, lr, grad_norm, time_s} per step of this run) and
+  `evals`. Raises ValueError for bad input, before anything is written, and
+  NonFiniteLossError when training diverges (the bad state is never saved).
+  """
+  setup_runtime(args)
+  if args.lr is None:  # a namespace built by hand rather than by parse_args
+    args = copy.copy(args)
+    args.lr = DEFAULT_LR[args.optimizer]
+  ckpt_dir = args.ckpt_dir or os.path.join(args.run_dir, "ckpt")
+  metrics_path = args.metrics or os.path.join(args.run_dir, "metrics.jsonl")
+  metrics_path = (
+    None if metrics_path == "none" else os.path.abspath(metrics_path)
+  )
 
-    # Every input is checked before anything is built or written.
-    tokenizer = load_tokenizer(args.tokenizer)
-    config = model_config(args, tokenizer)
-    ckpt = None
-    if args.ckpt_every or args.resume:  # --resume --ckpt-every 0: restore, never save
-        ckpt = Checkpoints(ckpt_dir, run_record(args, config, tokenizer),
-                           resume=args.resume, keep=args.keep)
-        if (ckpt.latest_step or 0) > args.steps:
-            raise ValueError(f"{ckpt_dir} holds step {ckpt.latest_step}, past --steps "
-                             f"{args.steps}")
-    corpus, sampler, val_batches = load_data(args, tokenizer)
-    mesh = build_mesh(args, config)
+  # Every input is checked before anything is built or written.
+  tokenizer = load_tokenizer(args.tokenizer)
+  config = model_config(args, tokenizer)
+  ckpt = None
+  if (
+    args.ckpt_every or args.resume
+  ):  # --resume --ckpt-every 0: restore, never save
+    ckpt = Checkpoints(
+      ckpt_dir,
+      run_record(args, config, tokenizer),
+      resume=args.resume,
+      keep=args.keep,
+    )
+    if (ckpt.latest_step or 0) > args.steps:
+      raise ValueError(
+        f"{ckpt_dir} holds step {ckpt.latest_step}, past --steps {args.steps}"
+      )
+  corpus, sampler, val_batches = load_data(args, tokenizer)
+  mesh = build_mesh(args, config)
 
-    model = create_sharded_model(config, mesh, seed=args.seed)
-    graphdef = nnx.graphdef(model)
-    schedule = make_schedule(args.lr, args.steps, args.warmup, args.final_lr_fraction)
-    tx = build_optimizer(args.optimizer, schedule, args)
-    state, shardings = init_state(model, tx, mesh, args.seed)
-    del model
-    start = 0
+  model = create_sharded_model(config, mesh, seed=args.seed)
+  graphdef = nnx.graphdef(model)
+  schedule = make_schedule(
+    args.lr, args.steps, args.warmup, args.final_lr_fraction
+  )
+  tx = build_optimizer(args.optimizer, schedule, args)
+  state, shardings = init_state(model, tx, mesh, args.seed)
+  del model
+  start = 0
+  if ckpt is not None:
+    ckpt.open()
+    if ckpt.latest_step is not None:
+      state = ckpt.restore(
+        jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+          state,
+          shardings,
+        )
+      )
+      start = int(state["step"])
+
+  bs, T = args.batch_size, args.seq_len
+  log = RunLog(
+    metrics_path,
+    start=start,
+    steps=args.steps,
+    tokens_per_step=bs * T,
+    log_every=args.log_every,
+    enabled=jax.process_index() == 0,
+    progress=not args.no_progress,
+  )
+  for note in ckpt.notes if ckpt else ():
+    log.print(f"note: {note}")
+  log.print(_describe(args, config, mesh, corpus))
+  if start:
+    log.print(f"resumed from {ckpt.directory}/{start}")
+  to_global = functools.partial(meshlib.global_batch, mesh, global_rows=bs)
+  val = [(to_global(x), to_global(y)) for x, y in val_batches]
+  save_every = args.ckpt_every if ckpt is not None else 0
+  process = {
+    "process_index": jax.process_index(),
+    "process_count": jax.process_count(),
+  }
+  batch_sharding = meshlib.batch_sharding(mesh)
+  step_fn = make_train_step(
+    graphdef,
+    tx,
+    shardings,
+    batch_sharding,
+    grad_clip=args.grad_clip,
+    nan_step=args.inject_nan_at,
+  )
+  eval_fn = make_eval_step(graphdef, shardings["params"], batch_sharding)
+  try:
+    with jax.set_mesh(mesh):  # the model pins activation shardings to this mesh
+      for step in range(start, args.steps):
+        inputs, targets = sampler.batch(step, **process)
+        state, out = step_fn(state, to_global(inputs), to_global(targets))
+        loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+          raise NonFiniteLossError(
+            f"loss is {loss} (gradient norm {grad_norm}) at step {step}; "
+            f"stopped. {_last_good(ckpt)}",
+            log.summary(),
+          )
+        log.train_step(
+          step, loss=loss, grad_norm=grad_norm, lr=float(schedule(step))
+        )
+        done = step + 1
+        if (
+          val
+          and args.eval_every
+          and done % args.eval_every == 0
+          and done < args.steps
+        ):
+          log.eval(done, evaluate(eval_fn, state["params"], val))
+        if save_every and (done % save_every == 0 or done == args.steps):
+          if not _all_finite(state["params"]):
+            raise NonFiniteLossError(
+              f"parameters are not finite after step {step}; stopped without "
+              f"saving. {_last_good(ckpt)}",
+              log.summary(),
+            )
+          ckpt.save(done, state)
+      if val:
+        log.eval(args.steps, evaluate(eval_fn, state["params"], val))
+  finally:
+    log.close()
     if ckpt is not None:
-        ckpt.open()
-        if ckpt.latest_step is not None:
-            state = ckpt.restore(jax.tree.map(
-                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                state, shardings))
-            start = int(state["step"])
+      ckpt.close()  # waits for the last save to be committed
 
-    bs, T = args.batch_size, args.seq_len
-    log = RunLog(metrics_path, start=start, steps=args.steps, tokens_per_step=bs * T,
-                 log_every=args.log_every, enabled=jax.process_index() == 0,
-                 progress=not args.no_progress)
-    for note in ckpt.notes if ckpt else ():
-        log.print(f"note: {note}")
-    log.print(_describe(args, config, mesh, corpus))
-    if start:
-        log.print(f"resumed from {ckpt.directory}/{start}")
-    to_global = functools.partial(meshlib.global_batch, mesh, global_rows=bs)
-    val = [(to_global(x), to_global(y)) for x, y in val_batches]
-    save_every = args.ckpt_every if ckpt is not None else 0
-    process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-    batch_sharding = meshlib.batch_sharding(mesh)
-    step_fn = make_train_step(graphdef, tx, shardings, batch_sharding,
-                              grad_clip=args.grad_clip, nan_step=args.inject_nan_at)
-    eval_fn = make_eval_step(graphdef, shardings["params"], batch_sharding)
-    try:
-        with jax.set_mesh(mesh):  # the model pins activation shardings to this mesh
-            for step in range(start, args.steps):
-                inputs, targets = sampler.batch(step, **process)
-                state, out = step_fn(state, to_global(inputs), to_global(targets))
-                loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    raise NonFiniteLossError(
-                        f"loss is {loss} (gradient norm {grad_norm}) at step {step}; "
-                        f"stopped. {_last_good(ckpt)}", log.summary())
-                log.train_step(step, loss=loss, grad_norm=grad_norm, lr=float(schedule(step)))
-                done = step + 1
-                if val and args.eval_every and done % args.eval_every == 0 and done < args.steps:
-                    log.eval(done, evaluate(eval_fn, state["params"], val))
-                if save_every and (done % save_every == 0 or done == args.steps):
-                    if not _all_finite(state["params"]):
-                        raise NonFiniteLossError(
-                            f"parameters are not finite after step {step}; stopped without "
-                            f"saving. {_last_good(ckpt)}", log.summary())
-                    ckpt.save(done, state)
-            if val:
-                log.eval(args.steps, evaluate(eval_fn, state["params"], val))
-    finally:
-        log.close()
-        if ckpt is not None:
-            ckpt.close()  # waits for the last save to be committed
-
-    summary = {"model": args.model, "optimizer": args.optimizer, "lr": args.lr,
-               "steps": args.steps, "start_step": start, "params": count_params(config),
-               "mesh": dict(mesh.shape), "ckpt_dir": ckpt.directory if save_every else None,
-               "metrics": metrics_path, **log.summary()}
-    log.print(_closing_line(summary))
-    return summary
+  summary = {
+    "model": args.model,
+    "optimizer": args.optimizer,
+    "lr": args.lr,
+    "steps": args.steps,
+    "start_step": start,
+    "params": count_params(config),
+    "mesh": dict(mesh.shape),
+    "ckpt_dir": ckpt.directory if save_every else None,
+    "metrics": metrics_path,
+    **log.summary(),
+  }
+  log.print(_closing_line(summary))
+  return summary
 
 
 def main(argv=None) -> int:
-    """The command line: 0 on success, 1 (2 for a bad flag) on bad input, 3 when training
-    diverged, 130 when interrupted."""
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:  # --help, or a flag error already printed on one line
-        return int(e.code or 0)
-    try:
-        train(args)
-    except ValueError as e:
-        if os.environ.get("TRAIN_TRACEBACK"):
-            raise
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
-    except NonFiniteLossError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("train.py: interrupted; saved checkpoints are kept (continue with --resume)",
-              file=sys.stderr)
-        return 130
-    return 0
+  """The command line: 0 on success, 1 (2 for a bad flag) on bad input, 3 when training
+  diverged, 130 when interrupted."""
+  try:
+    args = parse_args(argv)
+  except SystemExit as e:  # --help, or a flag error already printed on one line
+    return int(e.code or 0)
+  try:
+    train(args)
+  except ValueError as e:
+    if os.environ.get("TRAIN_TRACEBACK"):
+      raise
+    print(f"train.py: error: {e}", file=sys.stderr)
+    return 1
+  except NonFiniteLossError as e:
+    print(f"train.py: error: {e}", file=sys.stderr)
+    return 3
+  except KeyboardInterrupt:
+    print(
+      "train.py: interrupted; saved checkpoints are kept (continue with --resume)",
+      file=sys.stderr,
+    )
+    return 130
+  return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+  sys.exit(main())

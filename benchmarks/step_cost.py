@@ -69,8 +69,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,31 +79,39 @@ import numpy as np
 import optax
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/step_cost.py` from a checkout
+if (
+  str(REPO) not in sys.path
+):  # `python benchmarks/step_cost.py` from a checkout
   sys.path.insert(0, str(REPO))
 
 import multinorm_optax as mo  # noqa: E402
 import train  # noqa: E402
 
-LEARNING_RATE = 1e-3  # the same for every optimizer; values do not change the cost
+LEARNING_RATE = (
+  1e-3  # the same for every optimizer; values do not change the cost
+)
 
 ACCELERATOR_MODELS = ("60m", "130m", "350m", "1b")
 CPU_MODELS = ("tiny", "60m")
 
 
 def _muon(lr):
-  return optax.contrib.muon(lr, muon_weight_dimension_numbers=train.muon_dimension_numbers)
+  return optax.contrib.muon(
+    lr, muon_weight_dimension_numbers=train.muon_dimension_numbers
+  )
 
 
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
-    "sgd": optax.sgd,
-    "adamw": optax.adamw,
-    "adafactor": optax.adafactor,
-    "muon": _muon,
-    "swan": mo.swan,
-    "sinkgd_l1": lambda lr: mo.sinkgd(lr, num_iters=1),
-    "sinkgd_l5": lambda lr: mo.sinkgd(lr, num_iters=5),
-    "sinkgd_l5_reference": lambda lr: mo.sinkgd(lr, num_iters=5, impl="reference"),
+  "sgd": optax.sgd,
+  "adamw": optax.adamw,
+  "adafactor": optax.adafactor,
+  "muon": _muon,
+  "swan": mo.swan,
+  "sinkgd_l1": lambda lr: mo.sinkgd(lr, num_iters=1),
+  "sinkgd_l5": lambda lr: mo.sinkgd(lr, num_iters=5),
+  "sinkgd_l5_reference": lambda lr: mo.sinkgd(
+    lr, num_iters=5, impl="reference"
+  ),
 }
 
 
@@ -138,15 +147,22 @@ def random_tree(shapes, key, dtype, scale: float):
 
   @jax.jit
   def draw(key):
-    flat = (scale * jax.random.normal(key, (sum(sizes),), jnp.float32)).astype(dtype)
+    flat = (scale * jax.random.normal(key, (sum(sizes),), jnp.float32)).astype(
+      dtype
+    )
     parts = jnp.split(flat, np.cumsum(sizes)[:-1])
-    return treedef.unflatten([x.reshape(s.shape) for x, s in zip(parts, leaves)])
+    return treedef.unflatten(
+      [x.reshape(s.shape) for x, s in zip(parts, leaves)]
+    )
 
   return jax.block_until_ready(draw(key))
 
 
 def tree_bytes(tree) -> int:
-  return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+  return sum(
+    math.prod(x.shape) * np.dtype(x.dtype).itemsize
+    for x in jax.tree.leaves(tree)
+  )
 
 
 def _path_key(path) -> tuple[str, ...]:
@@ -157,12 +173,15 @@ def state_bytes(tx, params) -> tuple[int, int]:
   """(all state bytes, state bytes held for hidden matrices), from shapes alone."""
   labels = mo.default_param_labels(params)
   matrix_paths = {
-      _path_key(path)
-      for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]
-      if label == "multinorm"}
+    _path_key(path)
+    for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]
+    if label == "multinorm"
+  }
   lengths = {len(p) for p in matrix_paths}
   total = matrices = 0
-  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.eval_shape(tx.init, params))[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(
+    jax.eval_shape(tx.init, params)
+  )[0]:
     nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
     total += nbytes
     key = _path_key(path)
@@ -193,8 +212,13 @@ class TimingPlan(NamedTuple):
   max_seconds: float | None
 
 
-def time_calls(call: Callable[[], Any], sync: Callable[[], Any], plan: TimingPlan,
-               *, cap: bool = True) -> dict:
+def time_calls(
+  call: Callable[[], Any],
+  sync: Callable[[], Any],
+  plan: TimingPlan,
+  *,
+  cap: bool = True,
+) -> dict:
   """Median time of one ``call()``, from samples of ``plan.calls`` calls and one ``sync()``.
 
   ``call`` only dispatches; ``sync`` blocks until its work is done. Calling
@@ -219,8 +243,14 @@ def time_calls(call: Callable[[], Any], sync: Callable[[], Any], plan: TimingPla
   if cap and plan.max_seconds and last is not None:
     repeats = min(repeats, max(3, int(plan.max_seconds / (last * plan.calls))))
   ms = [1e3 * sample() for _ in range(repeats)]
-  return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
-          "repeats": repeats, "calls_per_sample": plan.calls, "samples_ms": ms}
+  return {
+    "median_ms": statistics.median(ms),
+    "min_ms": min(ms),
+    "max_ms": max(ms),
+    "repeats": repeats,
+    "calls_per_sample": plan.calls,
+    "samples_ms": ms,
+  }
 
 
 def time_memory_baselines(params, plan: TimingPlan) -> dict:
@@ -230,8 +260,11 @@ def time_memory_baselines(params, plan: TimingPlan) -> dict:
   optimizer step does; a copy into fresh memory would also time the allocator
   (on CPU, page faults: several times slower than the copy itself).
   """
-  copy = jax.jit(lambda dst, src: jax.tree.map(lambda _, x: jnp.copy(x), dst, src),
-                 donate_argnums=0, keep_unused=True)
+  copy = jax.jit(
+    lambda dst, src: jax.tree.map(lambda _, x: jnp.copy(x), dst, src),
+    donate_argnums=0,
+    keep_unused=True,
+  )
   read = jax.jit(lambda t: sum(jnp.sum(x) for x in jax.tree.leaves(t)))
   box = {"dst": jax.tree.map(jnp.copy, params), "sum": None}
 
@@ -242,9 +275,13 @@ def time_memory_baselines(params, plan: TimingPlan) -> dict:
     box["sum"] = read(params)
 
   plan = plan._replace(repeats=max(plan.repeats, 10))
-  copy_t = time_calls(run_copy, lambda: jax.block_until_ready(box["dst"]), plan, cap=False)
+  copy_t = time_calls(
+    run_copy, lambda: jax.block_until_ready(box["dst"]), plan, cap=False
+  )
   del box["dst"]
-  read_t = time_calls(run_read, lambda: jax.block_until_ready(box["sum"]), plan, cap=False)
+  read_t = time_calls(
+    run_read, lambda: jax.block_until_ready(box["sum"]), plan, cap=False
+  )
   return {"copy": copy_t, "read": read_t}
 
 
@@ -253,15 +290,20 @@ def time_optimizer(tx, params, grads, plan: TimingPlan) -> dict:
   run = {"params": jax.tree.map(jnp.copy, params)}
   run["state"] = jax.jit(tx.init)(run["params"])
   t0 = time.perf_counter()
-  compiled = jax.jit(optimizer_step(tx), donate_argnums=(0, 1)).lower(
-      run["params"], run["state"], grads).compile()
+  compiled = (
+    jax.jit(optimizer_step(tx), donate_argnums=(0, 1))
+    .lower(run["params"], run["state"], grads)
+    .compile()
+  )
   compile_s = time.perf_counter() - t0
 
   def call():
     run["params"], run["state"] = compiled(run["params"], run["state"], grads)
 
   result = time_calls(call, lambda: jax.block_until_ready(run), plan)
-  finite = bool(all(jnp.isfinite(x).all() for x in jax.tree.leaves(run["params"])))
+  finite = bool(
+    all(jnp.isfinite(x).all() for x in jax.tree.leaves(run["params"]))
+  )
   run.clear()
   return {**result, "compile_s": compile_s, "params_finite_after": finite}
 
@@ -270,16 +312,40 @@ def time_optimizer(tx, params, grads, plan: TimingPlan) -> dict:
 # Static pass count from the compiled HLO
 # ---------------------------------------------------------------------------
 
-_NO_DATA_MOVED = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast",
-                  "after-all", "partition-id", "replica-id"}
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
-                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_NO_DATA_MOVED = {
+  "parameter",
+  "constant",
+  "tuple",
+  "get-tuple-element",
+  "bitcast",
+  "after-all",
+  "partition-id",
+  "replica-id",
+}
+_DTYPE_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "s16": 2,
+  "u16": 2,
+  "f16": 2,
+  "bf16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+}
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$")
+_INSTRUCTION = re.compile(
+  r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$"
+)
 _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _CALLED = re.compile(
-    r"\b(?:body|condition|to_apply|true_computation|false_computation)=%?([\w.\-]+)"
-    r"|branch_computations=\{([^}]*)\}")
+  r"\b(?:body|condition|to_apply|true_computation|false_computation)=%?([\w.\-]+)"
+  r"|branch_computations=\{([^}]*)\}"
+)
 
 
 def _arrays(shape_text: str) -> list[tuple[int, int]]:
@@ -322,7 +388,9 @@ def count_full_size_traffic(hlo_text: str, elements: int) -> dict:
     if m:
       computations[current].append(m.groups())
 
-  shapes = {name: shape for body in computations.values() for name, shape, _, _ in body}
+  shapes = {
+    name: shape for body in computations.values() for name, shape, _, _ in body
+  }
   reads = writes = moved = 0
   has_loop = False
   seen, todo = set(), [entry]
@@ -331,15 +399,21 @@ def count_full_size_traffic(hlo_text: str, elements: int) -> dict:
     if comp in seen or comp not in computations:
       continue
     seen.add(comp)
-    for name, shape, opcode, rest in computations[comp]:
+    for _name, shape, opcode, rest in computations[comp]:
       if opcode in ("while", "call", "conditional"):
         has_loop |= opcode == "while"
         for single, several in _CALLED.findall(rest):
-          todo += [single] if single else [c.strip().lstrip("%") for c in several.split(",")]
+          todo += (
+            [single]
+            if single
+            else [c.strip().lstrip("%") for c in several.split(",")]
+          )
         continue
       if opcode in _NO_DATA_MOVED:
         continue
-      for operand in dict.fromkeys(re.findall(r"%([\w.\-]+)", _operand_list(rest))):
+      for operand in dict.fromkeys(
+        re.findall(r"%([\w.\-]+)", _operand_list(rest))
+      ):
         for n, nbytes in _arrays(shapes.get(operand, "")):
           if n == elements:
             reads += 1
@@ -348,19 +422,32 @@ def count_full_size_traffic(hlo_text: str, elements: int) -> dict:
         if n == elements:
           writes += 1
           moved += nbytes
-  return {"reads": reads, "writes": writes, "passes": moved / (4 * elements),
-          "has_loop": has_loop}
+  return {
+    "reads": reads,
+    "writes": writes,
+    "passes": moved / (4 * elements),
+    "has_loop": has_loop,
+  }
 
 
 def count_passes(tx, shape: tuple[int, int], grad_dtype) -> dict:
   """``count_full_size_traffic`` of one donated step on a single hidden matrix."""
   path = {"layers": {0: {"mlp": {"up_proj": {"kernel": None}}}}}
-  params = jax.tree.map(lambda _: jax.ShapeDtypeStruct(shape, jnp.float32), path,
-                        is_leaf=lambda x: x is None)
-  grads = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, grad_dtype), params)
+  params = jax.tree.map(
+    lambda _: jax.ShapeDtypeStruct(shape, jnp.float32),
+    path,
+    is_leaf=lambda x: x is None,
+  )
+  grads = jax.tree.map(
+    lambda p: jax.ShapeDtypeStruct(p.shape, grad_dtype), params
+  )
   state = jax.eval_shape(tx.init, params)
-  hlo = jax.jit(optimizer_step(tx), donate_argnums=(0, 1)).lower(
-      params, state, grads).compile().as_text()
+  hlo = (
+    jax.jit(optimizer_step(tx), donate_argnums=(0, 1))
+    .lower(params, state, grads)
+    .compile()
+    .as_text()
+  )
   return count_full_size_traffic(hlo, math.prod(shape))
 
 
@@ -379,68 +466,84 @@ def human_bytes(n: int) -> str:
 def markdown(result: dict) -> str:
   meta = result["metadata"]
   lines = [
-      f"Optimizer step cost on {meta['device_kind']} ({meta['platform']}), "
-      f"jax {meta['jax']}, optax {meta['optax']}, {meta['date'][:10]}.",
-      f"Command: `{meta['command']}`",
-      "",
-      "One pass = one read or one write of all parameter bytes (float32), timed as half of "
-      "a device copy of the parameters (into a donated buffer); passes = step time / pass "
-      "time. The step is update + apply_updates, jitted, params and state donated; time = "
-      f"median of {result['timing']['repeats']} samples of {result['timing']['calls']} "
-      "back-to-back steps, per step. State bytes: all optimizer state / the part held for "
-      "hidden matrices.",
-      "",
-      "| model | params | param bytes | copy ms (read + write) | pass ms | read-only sum ms |",
-      "|---|---:|---:|---:|---:|---:|",
+    f"Optimizer step cost on {meta['device_kind']} ({meta['platform']}), "
+    f"jax {meta['jax']}, optax {meta['optax']}, {meta['date'][:10]}.",
+    f"Command: `{meta['command']}`",
+    "",
+    "One pass = one read or one write of all parameter bytes (float32), timed as half of "
+    "a device copy of the parameters (into a donated buffer); passes = step time / pass "
+    "time. The step is update + apply_updates, jitted, params and state donated; time = "
+    f"median of {result['timing']['repeats']} samples of {result['timing']['calls']} "
+    "back-to-back steps, per step. State bytes: all optimizer state / the part held for "
+    "hidden matrices.",
+    "",
+    "| model | params | param bytes | copy ms (read + write) | pass ms | read-only sum ms |",
+    "|---|---:|---:|---:|---:|---:|",
   ]
   for m in result["models"]:
     lines.append(
-        f"| {m['model']} | {m['num_params'] / 1e6:.1f}M | {human_bytes(m['param_bytes'])} | "
-        f"{m['copy']['median_ms']:.3f} | {m['pass_ms']:.3f} | {m['read']['median_ms']:.3f} |")
+      f"| {m['model']} | {m['num_params'] / 1e6:.1f}M | {human_bytes(m['param_bytes'])} | "
+      f"{m['copy']['median_ms']:.3f} | {m['pass_ms']:.3f} | {m['read']['median_ms']:.3f} |"
+    )
   lines += [
-      "",
-      "| model | grad dtype | optimizer | time ms | passes | ratio to adamw "
-      "| state bytes (total / matrices) |",
-      "|---|---|---|---:|---:|---:|---|",
+    "",
+    "| model | grad dtype | optimizer | time ms | passes | ratio to adamw "
+    "| state bytes (total / matrices) |",
+    "|---|---|---|---:|---:|---:|---|",
   ]
   notes = []
   for m in result["models"]:
     for r in m["steps"]:
-      ratio = "" if r["ratio_to_adamw"] is None else f"{r['ratio_to_adamw']:.2f}"
+      ratio = (
+        "" if r["ratio_to_adamw"] is None else f"{r['ratio_to_adamw']:.2f}"
+      )
       lines.append(
-          f"| {m['model']} | {r['grad_dtype']} | {r['optimizer']} | {r['median_ms']:.3f} | "
-          f"{r['passes']:.1f} | {ratio} | {human_bytes(r['state_bytes'])} / "
-          f"{human_bytes(r['state_bytes_matrices'])} |")
+        f"| {m['model']} | {r['grad_dtype']} | {r['optimizer']} | {r['median_ms']:.3f} | "
+        f"{r['passes']:.1f} | {ratio} | {human_bytes(r['state_bytes'])} / "
+        f"{human_bytes(r['state_bytes_matrices'])} |"
+      )
       if r["repeats"] < result["timing"]["repeats"]:
-        notes.append(f"{m['model']} {r['grad_dtype']} {r['optimizer']}: {r['repeats']}")
+        notes.append(
+          f"{m['model']} {r['grad_dtype']} {r['optimizer']}: {r['repeats']}"
+        )
   if notes:
-    lines += ["", "Fewer timed samples (--max-seconds): " + "; ".join(notes) + "."]
+    lines += [
+      "",
+      "Fewer timed samples (--max-seconds): " + "; ".join(notes) + ".",
+    ]
   if result.get("hlo_passes"):
     h = result["hlo_passes"]
     lines += [
-        "",
-        f"Static count from the compiled HLO ({meta['platform']}), one {h['model']} "
-        f"MLP matrix {tuple(h['shape'])}: instructions outside fusions that read (operands) "
-        "or write (results) a full-size array; passes = those bytes / one float32 matrix.",
-        "",
-        "| grad dtype | optimizer | full-size reads | full-size writes | passes |",
-        "|---|---|---:|---:|---:|",
+      "",
+      f"Static count from the compiled HLO ({meta['platform']}), one {h['model']} "
+      f"MLP matrix {tuple(h['shape'])}: instructions outside fusions that read (operands) "
+      "or write (results) a full-size array; passes = those bytes / one float32 matrix.",
+      "",
+      "| grad dtype | optimizer | full-size reads | full-size writes | passes |",
+      "|---|---|---:|---:|---:|",
     ]
     for r in h["rows"]:
       loop = " (loop body counted once)" if r["has_loop"] else ""
-      lines.append(f"| {r['grad_dtype']} | {r['optimizer']} | {r['reads']} | {r['writes']} "
-                   f"| {r['passes']:.1f}{loop} |")
+      lines.append(
+        f"| {r['grad_dtype']} | {r['optimizer']} | {r['reads']} | {r['writes']} "
+        f"| {r['passes']:.1f}{loop} |"
+      )
   return "\n".join(lines) + "\n"
 
 
 def _versions() -> dict:
   import flax
-
   import jaxlib
 
-  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "optax": optax.__version__,
-          "flax": flax.__version__, "numpy": np.__version__,
-          "multinorm_optax": mo.__version__, "python": platform_lib.python_version()}
+  return {
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "optax": optax.__version__,
+    "flax": flax.__version__,
+    "numpy": np.__version__,
+    "multinorm_optax": mo.__version__,
+    "python": platform_lib.python_version(),
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -453,35 +556,75 @@ def _csv(text: str) -> list[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--models", type=_csv, default=None,
-                 help=f"comma-separated LLaMA configs (default: {','.join(CPU_MODELS)} on "
-                      f"CPU, {','.join(ACCELERATOR_MODELS)} on GPU/TPU)")
-  p.add_argument("--optimizers", type=_csv, default=list(OPTIMIZERS),
-                 help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default: all)")
-  p.add_argument("--skip", type=_csv, default=[], help="optimizers to leave out")
-  p.add_argument("--grad-dtypes", type=_csv, default=["float32", "bfloat16"],
-                 help="gradient dtypes (default: float32,bfloat16)")
-  p.add_argument("--repeats", type=int, default=None,
-                 help="timed samples per case, median reported (default: 20 on GPU/TPU, 5 on CPU)")
-  p.add_argument("--calls", type=int, default=None,
-                 help="back-to-back steps per sample, one sync at the end; the sample's time "
-                      "is divided by it (default: 5 on GPU/TPU, 1 on CPU)")
-  p.add_argument("--warmup", type=int, default=2, help="untimed samples after compiling (2)")
-  p.add_argument("--max-seconds", type=float, default=10.0,
-                 help="cut the timed samples of a slow case (to 3 at least) to about this many "
-                      "seconds; 0 for no limit (default: 10)")
-  p.add_argument("--count-passes", action=argparse.BooleanOptionalAction, default=True,
-                 help="static full-size read/write count from the compiled HLO of one matrix "
-                      "(default: on)")
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    "--models",
+    type=_csv,
+    default=None,
+    help=f"comma-separated LLaMA configs (default: {','.join(CPU_MODELS)} on "
+    f"CPU, {','.join(ACCELERATOR_MODELS)} on GPU/TPU)",
+  )
+  p.add_argument(
+    "--optimizers",
+    type=_csv,
+    default=list(OPTIMIZERS),
+    help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default: all)",
+  )
+  p.add_argument(
+    "--skip", type=_csv, default=[], help="optimizers to leave out"
+  )
+  p.add_argument(
+    "--grad-dtypes",
+    type=_csv,
+    default=["float32", "bfloat16"],
+    help="gradient dtypes (default: float32,bfloat16)",
+  )
+  p.add_argument(
+    "--repeats",
+    type=int,
+    default=None,
+    help="timed samples per case, median reported (default: 20 on GPU/TPU, 5 on CPU)",
+  )
+  p.add_argument(
+    "--calls",
+    type=int,
+    default=None,
+    help="back-to-back steps per sample, one sync at the end; the sample's time "
+    "is divided by it (default: 5 on GPU/TPU, 1 on CPU)",
+  )
+  p.add_argument(
+    "--warmup", type=int, default=2, help="untimed samples after compiling (2)"
+  )
+  p.add_argument(
+    "--max-seconds",
+    type=float,
+    default=10.0,
+    help="cut the timed samples of a slow case (to 3 at least) to about this many "
+    "seconds; 0 for no limit (default: 10)",
+  )
+  p.add_argument(
+    "--count-passes",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="static full-size read/write count from the compiled HLO of one matrix "
+    "(default: on)",
+  )
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", type=Path, default=None,
-                 help="output folder (default: benchmarks/results/step_cost_<platform>)")
+  p.add_argument(
+    "--out",
+    type=Path,
+    default=None,
+    help="output folder (default: benchmarks/results/step_cost_<platform>)",
+  )
   args = p.parse_args(argv)
   unknown = sorted(set(args.optimizers + args.skip) - set(OPTIMIZERS))
   if unknown:
-    p.error(f"unknown optimizer(s) {unknown}; choose from {', '.join(OPTIMIZERS)}")
+    p.error(
+      f"unknown optimizer(s) {unknown}; choose from {', '.join(OPTIMIZERS)}"
+    )
   args.optimizers = [o for o in args.optimizers if o not in args.skip]
   from models.llama import CONFIGS
 
@@ -496,7 +639,9 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   with warnings.catch_warnings():
     # sgd has no state to donate; XLA would say so for every call.
-    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    warnings.filterwarnings(
+      "ignore", message="Some donated buffers were not usable"
+    )
     return run(args, sys.argv[1:] if argv is None else list(argv))
 
 
@@ -504,35 +649,54 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
   platform = jax.default_backend()
   on_cpu = platform == "cpu"
   models = args.models or list(CPU_MODELS if on_cpu else ACCELERATOR_MODELS)
-  plan = TimingPlan(repeats=args.repeats or (5 if on_cpu else 20), warmup=args.warmup,
-                    calls=args.calls or (1 if on_cpu else 5), max_seconds=args.max_seconds)
+  plan = TimingPlan(
+    repeats=args.repeats or (5 if on_cpu else 20),
+    warmup=args.warmup,
+    calls=args.calls or (1 if on_cpu else 5),
+    max_seconds=args.max_seconds,
+  )
   out = args.out or REPO / "benchmarks" / "results" / f"step_cost_{platform}"
   device = jax.devices()[0]
   command = " ".join(["python benchmarks/step_cost.py", *argv_list])
-  print(f"{device.device_kind} ({platform}); models {','.join(models)}; "
-        f"optimizers {','.join(args.optimizers)}; grads {','.join(args.grad_dtypes)}; "
-        f"{plan.repeats} samples of {plan.calls} step(s)", flush=True)
+  print(
+    f"{device.device_kind} ({platform}); models {','.join(models)}; "
+    f"optimizers {','.join(args.optimizers)}; grads {','.join(args.grad_dtypes)}; "
+    f"{plan.repeats} samples of {plan.calls} step(s)",
+    flush=True,
+  )
 
   result = {
-      "metadata": {
-          "platform": platform, "device_kind": device.device_kind,
-          "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
-          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "command": command, "argv": argv_list, **_versions()},
-      "learning_rate": LEARNING_RATE, "timing": plan._asdict(), "models": [],
+    "metadata": {
+      "platform": platform,
+      "device_kind": device.device_kind,
+      "device_count": jax.device_count(),
+      "cpu_count": os.cpu_count(),
+      "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+      "command": command,
+      "argv": argv_list,
+      **_versions(),
+    },
+    "learning_rate": LEARNING_RATE,
+    "timing": plan._asdict(),
+    "models": [],
   }
   key = jax.random.key(args.seed)
   for model in models:
     shapes = param_shapes(model)
     key, pkey, gkey = jax.random.split(key, 3)
     params = random_tree(shapes, pkey, jnp.float32, 0.02)
-    entry = {"model": model, "num_params": sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)),
-             "param_bytes": tree_bytes(shapes)}
+    entry = {
+      "model": model,
+      "num_params": sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)),
+      "param_bytes": tree_bytes(shapes),
+    }
     entry.update(time_memory_baselines(params, plan))
     entry["pass_ms"] = entry["copy"]["median_ms"] / 2
-    print(f"{model}: {entry['num_params'] / 1e6:.1f}M params, copy "
-          f"{entry['copy']['median_ms']:.3f} ms, read {entry['read']['median_ms']:.3f} ms",
-          flush=True)
+    print(
+      f"{model}: {entry['num_params'] / 1e6:.1f}M params, copy "
+      f"{entry['copy']['median_ms']:.3f} ms, read {entry['read']['median_ms']:.3f} ms",
+      flush=True,
+    )
     entry["steps"] = []
     for grad_dtype in args.grad_dtypes:
       grads = random_tree(shapes, gkey, jnp.dtype(grad_dtype), 1.0)
@@ -541,14 +705,24 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
         tx = OPTIMIZERS[name](LEARNING_RATE)
         total, matrices = state_bytes(tx, shapes)
         timing = time_optimizer(tx, params, grads, plan)
-        row = {"optimizer": name, "grad_dtype": grad_dtype, **timing,
-               "passes": timing["median_ms"] / entry["pass_ms"],
-               "state_bytes": total, "state_bytes_matrices": matrices}
+        row = {
+          "optimizer": name,
+          "grad_dtype": grad_dtype,
+          **timing,
+          "passes": timing["median_ms"] / entry["pass_ms"],
+          "state_bytes": total,
+          "state_bytes_matrices": matrices,
+        }
         rows.append(row)
-        print(f"  {grad_dtype:8s} {name:20s} {row['median_ms']:10.3f} ms "
-              f"{row['passes']:6.1f} passes  ({row['repeats']} samples, "
-              f"compile {row['compile_s']:.1f} s)", flush=True)
-      adamw = next((r["median_ms"] for r in rows if r["optimizer"] == "adamw"), None)
+        print(
+          f"  {grad_dtype:8s} {name:20s} {row['median_ms']:10.3f} ms "
+          f"{row['passes']:6.1f} passes  ({row['repeats']} samples, "
+          f"compile {row['compile_s']:.1f} s)",
+          flush=True,
+        )
+      adamw = next(
+        (r["median_ms"] for r in rows if r["optimizer"] == "adamw"), None
+      )
       for r in rows:
         r["ratio_to_adamw"] = None if adamw is None else r["median_ms"] / adamw
       entry["steps"] += rows
@@ -562,7 +736,9 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
     rows = []
     for grad_dtype in args.grad_dtypes:
       for name in args.optimizers:
-        counts = count_passes(OPTIMIZERS[name](LEARNING_RATE), shape, jnp.dtype(grad_dtype))
+        counts = count_passes(
+          OPTIMIZERS[name](LEARNING_RATE), shape, jnp.dtype(grad_dtype)
+        )
         rows.append({"optimizer": name, "grad_dtype": grad_dtype, **counts})
     result["hlo_passes"] = {"model": model, "shape": list(shape), "rows": rows}
 

@@ -37,12 +37,12 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # fully sharded over 'fsdp' along d_model and tensor-parallel over 'tensor'
 # along heads / d_ff / vocab; activations split their batch over data x fsdp.
 LOGICAL_AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("norm", None),
+  ("batch", ("data", "fsdp")),
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+  ("norm", None),
 )
 
 
@@ -71,13 +71,17 @@ class LlamaConfig:
   def __post_init__(self):
     if self.d_model % self.n_heads:
       raise ValueError(
-          f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}"
+      )
     if self.n_heads % self.num_kv_heads:
-      raise ValueError(f"n_heads={self.n_heads} is not a multiple of "
-                       f"n_kv_heads={self.num_kv_heads}")
+      raise ValueError(
+        f"n_heads={self.n_heads} is not a multiple of "
+        f"n_kv_heads={self.num_kv_heads}"
+      )
     if self.head_dim % 2:
-      raise ValueError(f"rotary embeddings need an even head_dim, "
-                       f"got {self.head_dim}")
+      raise ValueError(
+        f"rotary embeddings need an even head_dim, got {self.head_dim}"
+      )
 
   @property
   def head_dim(self) -> int:
@@ -89,20 +93,50 @@ class LlamaConfig:
 
 
 CONFIGS: dict[str, LlamaConfig] = {
-    # Byte-level vocabulary; trains a few hundred steps on a laptop CPU.
-    "tiny": LlamaConfig(vocab_size=256, d_model=128, n_layers=4, n_heads=4,
-                        n_kv_heads=None, d_ff=352),
-    # GaLore's benchmark sizes (LLaMA tokenizer, context 256). The 1b d_ff
-    # (5461, odd) is kept for GaLore's parameter count; it cannot be split
-    # over 'tensor', so ``param_partition_specs(..., mesh)`` replicates it.
-    "60m": LlamaConfig(vocab_size=32000, d_model=512, n_layers=8, n_heads=8,
-                       n_kv_heads=None, d_ff=1376),
-    "130m": LlamaConfig(vocab_size=32000, d_model=768, n_layers=12,
-                        n_heads=12, n_kv_heads=None, d_ff=2048),
-    "350m": LlamaConfig(vocab_size=32000, d_model=1024, n_layers=24,
-                        n_heads=16, n_kv_heads=None, d_ff=2736),
-    "1b": LlamaConfig(vocab_size=32000, d_model=2048, n_layers=24, n_heads=32,
-                      n_kv_heads=None, d_ff=5461),
+  # Byte-level vocabulary; trains a few hundred steps on a laptop CPU.
+  "tiny": LlamaConfig(
+    vocab_size=256,
+    d_model=128,
+    n_layers=4,
+    n_heads=4,
+    n_kv_heads=None,
+    d_ff=352,
+  ),
+  # GaLore's benchmark sizes (LLaMA tokenizer, context 256). The 1b d_ff
+  # (5461, odd) is kept for GaLore's parameter count; it cannot be split
+  # over 'tensor', so ``param_partition_specs(..., mesh)`` replicates it.
+  "60m": LlamaConfig(
+    vocab_size=32000,
+    d_model=512,
+    n_layers=8,
+    n_heads=8,
+    n_kv_heads=None,
+    d_ff=1376,
+  ),
+  "130m": LlamaConfig(
+    vocab_size=32000,
+    d_model=768,
+    n_layers=12,
+    n_heads=12,
+    n_kv_heads=None,
+    d_ff=2048,
+  ),
+  "350m": LlamaConfig(
+    vocab_size=32000,
+    d_model=1024,
+    n_layers=24,
+    n_heads=16,
+    n_kv_heads=None,
+    d_ff=2736,
+  ),
+  "1b": LlamaConfig(
+    vocab_size=32000,
+    d_model=2048,
+    n_layers=24,
+    n_heads=32,
+    n_kv_heads=None,
+    d_ff=5461,
+  ),
 }
 
 
@@ -110,7 +144,8 @@ def get_config(name: str, **overrides: Any) -> LlamaConfig:
   """The named config from ``CONFIGS``, with ``overrides`` replacing fields."""
   if name not in CONFIGS:
     raise ValueError(
-        f"unknown model {name!r}; choose one of: {', '.join(CONFIGS)}")
+      f"unknown model {name!r}; choose one of: {', '.join(CONFIGS)}"
+    )
   return dataclasses.replace(CONFIGS[name], **overrides)
 
 
@@ -146,13 +181,17 @@ def _sharded(initializer, *logical_axes: str | None):
   creation, and the model is also built without one (tests, one device);
   ``create_sharded_model`` places the parameters instead.
   """
-  return nnx.with_partitioning(initializer, logical_axes,
-                               sharding_rules=LOGICAL_AXIS_RULES,
-                               eager_sharding=False)
+  return nnx.with_partitioning(
+    initializer,
+    logical_axes,
+    sharding_rules=LOGICAL_AXIS_RULES,
+    eager_sharding=False,
+  )
 
 
-def param_partition_specs(tree: Any, mesh: jax.sharding.Mesh | None = None
-                          ) -> Any:
+def param_partition_specs(
+  tree: Any, mesh: jax.sharding.Mesh | None = None
+) -> Any:
   """Mesh PartitionSpecs of a model's parameters.
 
   Args:
@@ -183,8 +222,9 @@ def param_partition_specs(tree: Any, mesh: jax.sharding.Mesh | None = None
   return jax.tree.map(divisible, specs, state)
 
 
-def create_sharded_model(config: LlamaConfig, mesh: jax.sharding.Mesh, *,
-                         seed: int = 0) -> Llama:
+def create_sharded_model(
+  config: LlamaConfig, mesh: jax.sharding.Mesh, *, seed: int = 0
+) -> Llama:
   """A ``Llama`` whose parameters are created directly sharded on ``mesh``.
 
   The parameters are initialised inside one ``jax.jit`` whose output
@@ -198,8 +238,10 @@ def create_sharded_model(config: LlamaConfig, mesh: jax.sharding.Mesh, *,
     return Llama(config, rngs=nnx.Rngs(seed))
 
   graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
-  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec),
-                           param_partition_specs(abstract_state, mesh))
+  shardings = jax.tree.map(
+    lambda spec: NamedSharding(mesh, spec),
+    param_partition_specs(abstract_state, mesh),
+  )
   state = jax.jit(lambda: nnx.state(create()), out_shardings=shardings)()
   return nnx.merge(graphdef, state)
 
@@ -245,7 +287,7 @@ def rope(x: jax.Array, positions: jax.Array, *, theta: float) -> jax.Array:
     The rotated ``x``, in its dtype (computed in float32).
   """
   d = x.shape[-1]
-  inv_freq = theta**(-jnp.arange(0, d // 2, dtype=jnp.float32) * 2 / d)
+  inv_freq = theta ** (-jnp.arange(0, d // 2, dtype=jnp.float32) * 2 / d)
   angles = positions.astype(jnp.float32)[:, None] * inv_freq  # [T, d/2]
   cos = jnp.cos(angles)[:, None, :]  # broadcast over heads
   sin = jnp.sin(angles)[:, None, :]
@@ -261,23 +303,39 @@ class RMSNorm(nnx.Module):
     self.eps = config.norm_eps
     self.dtype = config.dtype
     self.scale = nnx.Param(
-        _sharded(nnx.initializers.ones, "norm")(
-            rngs.params(), (dim,), config.param_dtype))
+      _sharded(nnx.initializers.ones, "norm")(
+        rngs.params(), (dim,), config.param_dtype
+      )
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     # The mean of squares in bf16 loses the small entries; reduce in float32.
     x32 = x.astype(jnp.float32)
-    inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True)
-                            + self.eps)
+    inv_rms = jax.lax.rsqrt(
+      jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps
+    )
     return (x32 * inv_rms * self.scale[...]).astype(self.dtype)
 
 
-def _linear(config: LlamaConfig, fan_in: int, fan_out: int, in_axis: str,
-            out_axis: str, *, rngs: nnx.Rngs) -> nnx.Linear:
+def _linear(
+  config: LlamaConfig,
+  fan_in: int,
+  fan_out: int,
+  in_axis: str,
+  out_axis: str,
+  *,
+  rngs: nnx.Rngs,
+) -> nnx.Linear:
   """A bias-free (fan_in, fan_out) kernel sharded as (in_axis, out_axis)."""
-  return nnx.Linear(fan_in, fan_out, use_bias=False, dtype=config.dtype,
-                    param_dtype=config.param_dtype,
-                    kernel_init=_sharded(_init, in_axis, out_axis), rngs=rngs)
+  return nnx.Linear(
+    fan_in,
+    fan_out,
+    use_bias=False,
+    dtype=config.dtype,
+    param_dtype=config.param_dtype,
+    kernel_init=_sharded(_init, in_axis, out_axis),
+    rngs=rngs,
+  )
 
 
 class Attention(nnx.Module):
@@ -310,8 +368,9 @@ class Attention(nnx.Module):
     k = rope(k, positions, theta=c.rope_theta)
 
     q = q.reshape(b, t, kv, group, c.head_dim)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k,
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32
+    )
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
     # A finite floor rather than -inf keeps a fully masked row NaN-free.
     logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
@@ -356,22 +415,30 @@ class Llama(nnx.Module):
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.embed = nnx.Embed(config.vocab_size, config.d_model,
-                           dtype=config.dtype, param_dtype=config.param_dtype,
-                           embedding_init=_sharded(_init, "vocab", "embed"),
-                           rngs=rngs)
+    self.embed = nnx.Embed(
+      config.vocab_size,
+      config.d_model,
+      dtype=config.dtype,
+      param_dtype=config.param_dtype,
+      embedding_init=_sharded(_init, "vocab", "embed"),
+      rngs=rngs,
+    )
     self.layers = nnx.List(
-        [Block(config, rngs=rngs) for _ in range(config.n_layers)])
+      [Block(config, rngs=rngs) for _ in range(config.n_layers)]
+    )
     self.norm = RMSNorm(config.d_model, config, rngs=rngs)
     if not config.tie_embeddings:
-      self.lm_head = _linear(config, config.d_model, config.vocab_size,
-                             "embed", "vocab", rngs=rngs)
+      self.lm_head = _linear(
+        config, config.d_model, config.vocab_size, "embed", "vocab", rngs=rngs
+      )
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     c = self.config
     if tokens.shape[-1] > c.max_seq_len:
-      raise ValueError(f"sequence length {tokens.shape[-1]} exceeds "
-                       f"max_seq_len={c.max_seq_len}")
+      raise ValueError(
+        f"sequence length {tokens.shape[-1]} exceeds "
+        f"max_seq_len={c.max_seq_len}"
+      )
     # FSDP: all-gather the table's d_model shards before the lookup. Looking
     # rows up in a d_model-sharded table yields d_model-sharded activations
     # that XLA can only turn batch-sharded by replicating them in full.
@@ -381,8 +448,5 @@ class Llama(nnx.Module):
     for block in self.layers:
       x = block(x)
     x = self.norm(x)
-    if c.tie_embeddings:
-      logits = self.embed.attend(x)
-    else:
-      logits = self.lm_head(x)
+    logits = self.embed.attend(x) if c.tie_embeddings else self.lm_head(x)
     return _constrain(logits.astype(jnp.float32), "batch", None, "vocab")

@@ -6,30 +6,37 @@ MNGD, SinkGD and SWAN (arXiv 2502.06742, 2412.13148) as optax transforms.
 from multinorm_optax.alias import default_param_labels, sinkgd, swan
 from multinorm_optax.layout import DimensionNumbers
 from multinorm_optax.multinorm import (
-    alternate_normalizers,
-    fixed_point_residual,
-    multinorm,
-    scale_by_sinkgd,
-    scale_by_swan,
+  alternate_normalizers,
+  fixed_point_residual,
+  multinorm,
+  scale_by_sinkgd,
+  scale_by_swan,
 )
-from multinorm_optax.normalizers import col_l2, rms, row_l2, row_standardize, sign, whiten
+from multinorm_optax.normalizers import (
+  col_l2,
+  rms,
+  row_l2,
+  row_standardize,
+  sign,
+  whiten,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DimensionNumbers",
-    "alternate_normalizers",
-    "col_l2",
-    "default_param_labels",
-    "fixed_point_residual",
-    "multinorm",
-    "rms",
-    "row_l2",
-    "row_standardize",
-    "scale_by_sinkgd",
-    "scale_by_swan",
-    "sign",
-    "sinkgd",
-    "swan",
-    "whiten",
+  "DimensionNumbers",
+  "alternate_normalizers",
+  "col_l2",
+  "default_param_labels",
+  "fixed_point_residual",
+  "multinorm",
+  "rms",
+  "row_l2",
+  "row_standardize",
+  "scale_by_sinkgd",
+  "scale_by_swan",
+  "sign",
+  "sinkgd",
+  "swan",
+  "whiten",
 ]

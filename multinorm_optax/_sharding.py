@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 
@@ -16,7 +16,9 @@ def explicit_sharding(x: jax.Array):
   return sharding
 
 
-def on_auto_axes(fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+def on_auto_axes(
+  fn: Callable[[jax.Array], jax.Array], x: jax.Array
+) -> jax.Array:
   """``fn(x)``, run with Auto axes when ``x`` lives on an Explicit mesh.
 
   Under Explicit axes a product that contracts a sharded dimension is a type

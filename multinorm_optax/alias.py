@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
@@ -15,7 +16,9 @@ ADAM = "adam"
 # Path components that mark a parameter for AdamW whatever its shape: the
 # paper's recipe normalizes hidden weight matrices only.
 _ADAM_SUBSTRINGS = ("embed", "lm_head", "norm", "bias")
-_ADAM_NAMES = frozenset({"head", "wte", "wpe", "output", "logits", "scale", "classifier"})
+_ADAM_NAMES = frozenset(
+  {"head", "wte", "wpe", "output", "logits", "scale", "classifier"}
+)
 
 
 def default_param_labels(params) -> Any:
@@ -40,56 +43,60 @@ def default_param_labels(params) -> Any:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def _times(alpha, learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+def _times(
+  alpha, learning_rate: optax.ScalarOrSchedule
+) -> optax.ScalarOrSchedule:
   if callable(learning_rate):
     return lambda count: alpha * learning_rate(count)
   return alpha * learning_rate
 
 
 def multinorm_recipe(
-    scale_by_normalization: optax.GradientTransformation,
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    alpha: float,
-    weight_decay: float,
-    adam_learning_rate: optax.ScalarOrSchedule | None,
-    adam_b1: float,
-    adam_b2: float,
-    adam_eps: float,
-    adam_weight_decay: float | None,
-    param_labels: Any | Callable[[Any], Any] | None,
+  scale_by_normalization: optax.GradientTransformation,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  alpha: float,
+  weight_decay: float,
+  adam_learning_rate: optax.ScalarOrSchedule | None,
+  adam_b1: float,
+  adam_b2: float,
+  adam_eps: float,
+  adam_weight_decay: float | None,
+  param_labels: Any | Callable[[Any], Any] | None,
 ) -> optax.GradientTransformation:
   """Partitions the tree: matrices get ``-alpha*lr * (normalized g + wd * p)``, the rest AdamW."""
   matrices = optax.chain(
-      scale_by_normalization,
-      optax.add_decayed_weights(weight_decay),
-      optax.scale_by_learning_rate(_times(alpha, learning_rate)),
+    scale_by_normalization,
+    optax.add_decayed_weights(weight_decay),
+    optax.scale_by_learning_rate(_times(alpha, learning_rate)),
   )
   rest = optax.adamw(
-      learning_rate if adam_learning_rate is None else adam_learning_rate,
-      b1=adam_b1,
-      b2=adam_b2,
-      eps=adam_eps,
-      weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
+    learning_rate if adam_learning_rate is None else adam_learning_rate,
+    b1=adam_b1,
+    b2=adam_b2,
+    eps=adam_eps,
+    weight_decay=weight_decay
+    if adam_weight_decay is None
+    else adam_weight_decay,
   )
   labels = default_param_labels if param_labels is None else param_labels
   return optax.partition({MATRIX: matrices, ADAM: rest}, labels)
 
 
 def sinkgd(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    alpha: float = 0.05,
-    num_iters: int = 5,
-    weight_decay: float = 0.0,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
-    adam_b1: float = 0.9,
-    adam_b2: float = 0.999,
-    adam_eps: float = 1e-8,
-    adam_weight_decay: float | None = None,
-    param_labels: Any | Callable[[Any], Any] | None = None,
-    dimension_numbers: mn.DimensionNumbersSpec = None,
-    impl: str = "auto",
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  alpha: float = 0.05,
+  num_iters: int = 5,
+  weight_decay: float = 0.0,
+  adam_learning_rate: optax.ScalarOrSchedule | None = None,
+  adam_b1: float = 0.9,
+  adam_b2: float = 0.999,
+  adam_eps: float = 1e-8,
+  adam_weight_decay: float | None = None,
+  param_labels: Any | Callable[[Any], Any] | None = None,
+  dimension_numbers: mn.DimensionNumbersSpec = None,
+  impl: str = "auto",
 ) -> optax.GradientTransformation:
   r"""SinkGD, the paper's recipe (Scetbon et al., 2025, Algorithm 3 + Section 5).
 
@@ -118,33 +125,35 @@ def sinkgd(
     ``'adam'`` leaves and step counts.
   """
   return multinorm_recipe(
-      mn.scale_by_sinkgd(num_iters, dimension_numbers=dimension_numbers, impl=impl),
-      learning_rate,
-      alpha=alpha,
-      weight_decay=weight_decay,
-      adam_learning_rate=adam_learning_rate,
-      adam_b1=adam_b1,
-      adam_b2=adam_b2,
-      adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay,
-      param_labels=param_labels,
+    mn.scale_by_sinkgd(
+      num_iters, dimension_numbers=dimension_numbers, impl=impl
+    ),
+    learning_rate,
+    alpha=alpha,
+    weight_decay=weight_decay,
+    adam_learning_rate=adam_learning_rate,
+    adam_b1=adam_b1,
+    adam_b2=adam_b2,
+    adam_eps=adam_eps,
+    adam_weight_decay=adam_weight_decay,
+    param_labels=param_labels,
   )
 
 
 def swan(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    alpha: float = 0.05,
-    ns_steps: int = 10,
-    rescale: bool = True,
-    weight_decay: float = 0.0,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
-    adam_b1: float = 0.9,
-    adam_b2: float = 0.999,
-    adam_eps: float = 1e-8,
-    adam_weight_decay: float | None = None,
-    param_labels: Any | Callable[[Any], Any] | None = None,
-    dimension_numbers: mn.DimensionNumbersSpec = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  alpha: float = 0.05,
+  ns_steps: int = 10,
+  rescale: bool = True,
+  weight_decay: float = 0.0,
+  adam_learning_rate: optax.ScalarOrSchedule | None = None,
+  adam_b1: float = 0.9,
+  adam_b2: float = 0.999,
+  adam_eps: float = 1e-8,
+  adam_weight_decay: float | None = None,
+  param_labels: Any | Callable[[Any], Any] | None = None,
+  dimension_numbers: mn.DimensionNumbersSpec = None,
 ) -> optax.GradientTransformation:
   r"""SWAN (Ma et al., 2024, arXiv 2412.13148) with the same recipe as :func:`sinkgd`.
 
@@ -153,14 +162,16 @@ def swan(
   Newton-Schulz steps, rescaled to RMS 1 when ``rescale``); the rest AdamW.
   """
   return multinorm_recipe(
-      mn.scale_by_swan(ns_steps=ns_steps, rescale=rescale, dimension_numbers=dimension_numbers),
-      learning_rate,
-      alpha=alpha,
-      weight_decay=weight_decay,
-      adam_learning_rate=adam_learning_rate,
-      adam_b1=adam_b1,
-      adam_b2=adam_b2,
-      adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay,
-      param_labels=param_labels,
+    mn.scale_by_swan(
+      ns_steps=ns_steps, rescale=rescale, dimension_numbers=dimension_numbers
+    ),
+    learning_rate,
+    alpha=alpha,
+    weight_decay=weight_decay,
+    adam_learning_rate=adam_learning_rate,
+    adam_b1=adam_b1,
+    adam_b2=adam_b2,
+    adam_eps=adam_eps,
+    adam_weight_decay=adam_weight_decay,
+    param_labels=param_labels,
   )

@@ -11,7 +11,8 @@ the only place that maps a parameter of any shape to the canonical view
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +79,9 @@ class CanonicalLayout(NamedTuple):
 
 
 def canonical_layout(
-    shape: Sequence[int], dimension_numbers: DimensionNumbers, name: str = "parameter"
+  shape: Sequence[int],
+  dimension_numbers: DimensionNumbers,
+  name: str = "parameter",
 ) -> CanonicalLayout:
   """Validates ``dimension_numbers`` against ``shape``.
 
@@ -94,12 +97,14 @@ def canonical_layout(
     for a in _as_tuple(axes):
       if not isinstance(a, int) or not -ndim <= a < ndim:
         raise ValueError(
-            f"{name} with shape {shape}: {what} axis {a!r} is out of range for "
-            f"{ndim} dimensions ({dimension_numbers})"
+          f"{name} with shape {shape}: {what} axis {a!r} is out of range for "
+          f"{ndim} dimensions ({dimension_numbers})"
         )
       out.append(a % ndim)
     if not out:
-      raise ValueError(f"{name} with shape {shape}: no {what} axis in {dimension_numbers}")
+      raise ValueError(
+        f"{name} with shape {shape}: no {what} axis in {dimension_numbers}"
+      )
     return tuple(out)
 
   reduction = normalize(dimension_numbers.reduction_axis, "reduction")
@@ -107,7 +112,7 @@ def canonical_layout(
   named = reduction + output
   if len(set(named)) != len(named):
     raise ValueError(
-        f"{name} with shape {shape}: an axis is repeated in {dimension_numbers}"
+      f"{name} with shape {shape}: an axis is repeated in {dimension_numbers}"
     )
   batch = tuple(a for a in range(ndim) if a not in named)
   return CanonicalLayout(shape, batch, output, reduction)

@@ -13,7 +13,8 @@ and the update direction is ``G_L``. No optimizer state is kept.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,7 @@ def path_str(path) -> str:
 
 
 def alternate_normalizers(
-    g: jax.Array, normalizers: Sequence[Normalizer], num_iters
+  g: jax.Array, normalizers: Sequence[Normalizer], num_iters
 ) -> jax.Array:
   r"""The alternating scheme on one matrix ``g`` of shape ``(m, n)``.
 
@@ -78,7 +79,9 @@ def alternate_normalizers(
   return x.astype(g.dtype)
 
 
-def fixed_point_residual(normalizers: Sequence[Normalizer], x: jax.Array) -> jax.Array:
+def fixed_point_residual(
+  normalizers: Sequence[Normalizer], x: jax.Array
+) -> jax.Array:
   r"""Distance of ``x`` (canonical ``(..., m, n)``) from a joint fixed point.
 
   .. math:: r(X) = \max_k \lVert P_k(X) - X \rVert_F / \lVert X \rVert_F
@@ -89,8 +92,8 @@ def fixed_point_residual(normalizers: Sequence[Normalizer], x: jax.Array) -> jax
   x = x.astype(jnp.float32)
   scale = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1)))
   residuals = [
-      jnp.sqrt(jnp.sum(jnp.square(p(x).astype(jnp.float32) - x), axis=(-2, -1)))
-      for p in normalizers
+    jnp.sqrt(jnp.sum(jnp.square(p(x).astype(jnp.float32) - x), axis=(-2, -1)))
+    for p in normalizers
   ]
   return norms._safe_ratio(jnp.max(jnp.stack(residuals), axis=0), scale)
 
@@ -98,10 +101,12 @@ def fixed_point_residual(normalizers: Sequence[Normalizer], x: jax.Array) -> jax
 def _check_leaf(name: str, leaf) -> None:
   dtype = jnp.dtype(leaf.dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
-    kind = "complex" if jnp.issubdtype(dtype, jnp.complexfloating) else "non-float"
+    kind = (
+      "complex" if jnp.issubdtype(dtype, jnp.complexfloating) else "non-float"
+    )
     raise ValueError(
-        f"multinorm: leaf '{name}' has {kind} dtype {dtype}; only real floating "
-        "gradients can be normalized"
+      f"multinorm: leaf '{name}' has {kind} dtype {dtype}; only real floating "
+      "gradients can be normalized"
     )
 
 
@@ -121,11 +126,15 @@ def leaf_layouts(spec: DimensionNumbersSpec, tree) -> list:
   else:  # a tree prefix: broadcast each spec over the subtree below it
     is_spec = lambda x: x is None or isinstance(x, DimensionNumbers)
     broadcast = jax.tree_util.tree_map(
-        lambda dn, sub: jax.tree_util.tree_map(lambda _: dn or _SKIP, sub),
-        spec, tree, is_leaf=is_spec,
+      lambda dn, sub: jax.tree_util.tree_map(lambda _: dn or _SKIP, sub),
+      spec,
+      tree,
+      is_leaf=is_spec,
     )
     specs = jax.tree_util.tree_leaves(broadcast, is_leaf=is_spec)
-  return [_layout(path_str(p), x, dn) for (p, x), dn in zip(leaves_with_path, specs)]
+  return [
+    _layout(path_str(p), x, dn) for (p, x), dn in zip(leaves_with_path, specs)
+  ]
 
 
 # Marks a leaf that the user's spec leaves unchanged, as opposed to None = default.
@@ -139,19 +148,21 @@ def _layout(name: str, leaf, dn) -> layout_lib.CanonicalLayout | None:
     dn = layout_lib.default_dimension_numbers(leaf.shape)
     if dn is None:
       raise ValueError(
-          f"multinorm: leaf '{name}' with shape {tuple(leaf.shape)} is not a "
-          "matrix; give it dimension_numbers None to leave it unchanged, or use "
-          "sinkgd()/swan(), which send such leaves to AdamW"
+        f"multinorm: leaf '{name}' with shape {tuple(leaf.shape)} is not a "
+        "matrix; give it dimension_numbers None to leave it unchanged, or use "
+        "sinkgd()/swan(), which send such leaves to AdamW"
       )
   _check_leaf(name, leaf)
-  return layout_lib.canonical_layout(leaf.shape, dn, name=f"multinorm: leaf '{name}'")
+  return layout_lib.canonical_layout(
+    leaf.shape, dn, name=f"multinorm: leaf '{name}'"
+  )
 
 
 def multinorm(
-    normalizers: Sequence[Normalizer],
-    num_iters: int = 1,
-    *,
-    dimension_numbers: DimensionNumbersSpec = None,
+  normalizers: Sequence[Normalizer],
+  num_iters: int = 1,
+  *,
+  dimension_numbers: DimensionNumbersSpec = None,
 ) -> optax.GradientTransformation:
   r"""MNGD: alternate ``normalizers`` on every matrix gradient, ``num_iters`` times.
 
@@ -189,9 +200,9 @@ def multinorm(
 
   def normalize_leaf(g, lay):
     out = layout_lib.map_batch(
-        lambda mat: alternate_normalizers(mat, normalizers, num_iters),
-        layout_lib.to_canonical(g, lay),
-        len(lay.batch_axes),
+      lambda mat: alternate_normalizers(mat, normalizers, num_iters),
+      layout_lib.to_canonical(g, lay),
+      len(lay.batch_axes),
     )
     return layout_lib.from_canonical(out, lay)
 
@@ -199,20 +210,25 @@ def multinorm(
 
 
 def per_matrix_transform(
-    normalize_leaf: Callable[[jax.Array, layout_lib.CanonicalLayout], jax.Array],
-    dimension_numbers: DimensionNumbersSpec,
+  normalize_leaf: Callable[[jax.Array, layout_lib.CanonicalLayout], jax.Array],
+  dimension_numbers: DimensionNumbersSpec,
 ) -> optax.GradientTransformation:
   """A stateless transform applying ``normalize_leaf(g, layout)`` to every matrix leaf."""
 
   def init_fn(params):
-    leaf_layouts(dimension_numbers, params)  # fail early on specs that do not fit
+    leaf_layouts(
+      dimension_numbers, params
+    )  # fail early on specs that do not fit
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     del params
     flat, treedef = jax.tree_util.tree_flatten(updates)
     layouts = leaf_layouts(dimension_numbers, updates)
-    out = [g if lay is None else normalize_leaf(g, lay) for g, lay in zip(flat, layouts)]
+    out = [
+      g if lay is None else normalize_leaf(g, lay)
+      for g, lay in zip(flat, layouts)
+    ]
     return treedef.unflatten(out), state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -222,10 +238,10 @@ SINKGD_IMPLS = ("auto", "fused", "reference")
 
 
 def scale_by_sinkgd(
-    num_iters: int = 5,
-    *,
-    dimension_numbers: DimensionNumbersSpec = None,
-    impl: str = "auto",
+  num_iters: int = 5,
+  *,
+  dimension_numbers: DimensionNumbersSpec = None,
+  impl: str = "auto",
 ) -> optax.GradientTransformation:
   r"""SR-Sinkhorn (the paper's Algorithm 3): rows to ``sqrt(n)``, then columns to ``sqrt(m)``.
 
@@ -245,18 +261,30 @@ def scale_by_sinkgd(
       picks ``"fused"``, the fastest we have measured (docs/BENCHMARKS.md).
   """
   if impl not in SINKGD_IMPLS:
-    raise ValueError(f"scale_by_sinkgd: unknown impl {impl!r}; choose one of {SINKGD_IMPLS}")
+    raise ValueError(
+      f"scale_by_sinkgd: unknown impl {impl!r}; choose one of {SINKGD_IMPLS}"
+    )
   if impl == "reference":
-    return multinorm([norms.row_l2, norms.col_l2], num_iters, dimension_numbers=dimension_numbers)
+    return multinorm(
+      [norms.row_l2, norms.col_l2],
+      num_iters,
+      dimension_numbers=dimension_numbers,
+    )
   if isinstance(num_iters, int) and num_iters < 1:
-    raise ValueError(f"scale_by_sinkgd: num_iters must be >= 1, got {num_iters}")
+    raise ValueError(
+      f"scale_by_sinkgd: num_iters must be >= 1, got {num_iters}"
+    )
   return per_matrix_transform(
-      lambda g, lay: sinkhorn.sinkhorn_scaled(g, lay, num_iters), dimension_numbers
+    lambda g, lay: sinkhorn.sinkhorn_scaled(g, lay, num_iters),
+    dimension_numbers,
   )
 
 
 def scale_by_swan(
-    *, ns_steps: int = 10, rescale: bool = True, dimension_numbers: DimensionNumbersSpec = None
+  *,
+  ns_steps: int = 10,
+  rescale: bool = True,
+  dimension_numbers: DimensionNumbersSpec = None,
 ) -> optax.GradientTransformation:
   r"""SWAN: GradNorm (row standardization) then GradWhitening, one round.
 

@@ -125,7 +125,9 @@ def whiten(g: Array, *, ns_steps: int = 10) -> Array:
   computation runs with Auto axes (GSPMD chooses the collectives) and the result
   is returned with the input's sharding.
   """
-  return _sharding.on_auto_axes(functools.partial(_whiten, ns_steps=ns_steps), g)
+  return _sharding.on_auto_axes(
+    functools.partial(_whiten, ns_steps=ns_steps), g
+  )
 
 
 def _whiten(g: Array, *, ns_steps: int) -> Array:

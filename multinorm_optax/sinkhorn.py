@@ -30,7 +30,9 @@ from multinorm_optax.layout import CanonicalLayout
 from multinorm_optax.normalizers import _safe_ratio
 
 
-def sinkhorn_scaled(g: jax.Array, layout: CanonicalLayout, num_iters) -> jax.Array:
+def sinkhorn_scaled(
+  g: jax.Array, layout: CanonicalLayout, num_iters
+) -> jax.Array:
   """``G_L`` of SR-Sinkhorn for one leaf, in the leaf's layout and dtype.
 
   Equal (up to float32 rounding) to :func:`multinorm_optax.alternate_normalizers`
@@ -40,7 +42,9 @@ def sinkhorn_scaled(g: jax.Array, layout: CanonicalLayout, num_iters) -> jax.Arr
   """
   if g.size == 0:
     return g
-  rows_of = layout.reduction_axes  # reducing over fan_in gives one value per row
+  rows_of = (
+    layout.reduction_axes
+  )  # reducing over fan_in gives one value per row
   cols_of = layout.output_axes
   matrix_axes = rows_of + cols_of
   f32 = jnp.promote_types(g.dtype, jnp.float32)
@@ -66,7 +70,9 @@ def sinkhorn_scaled(g: jax.Array, layout: CanonicalLayout, num_iters) -> jax.Arr
     for i in range(num_iters):
       r, c = one_round(i, c)
   else:  # a traced count, e.g. under optax.inject_hyperparams
-    r, c = jax.lax.fori_loop(0, num_iters, lambda i, rc: one_round(i, rc[1]), (r, c))
+    r, c = jax.lax.fori_loop(
+      0, num_iters, lambda i, rc: one_round(i, rc[1]), (r, c)
+    )
   out = g.astype(f32) * (inv_amax * r) * c
   out = jnp.where(jnp.isfinite(amax), out, jnp.nan)
   return out.astype(g.dtype)

@@ -17,134 +17,156 @@ import math
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 
 def parse_mesh(spec: str | None, num_devices: int) -> dict[str, int]:
-    """Parses 'data=2,fsdp=4,tensor=1' into axis sizes whose product is `num_devices`.
+  """Parses 'data=2,fsdp=4,tensor=1' into axis sizes whose product is `num_devices`.
 
-    Axes left out are 1, except `fsdp`, which (when left out) takes whatever devices the
-    other axes leave: `tensor=2` on 8 devices is data=1, fsdp=4, tensor=2. `None` or ''
-    puts every device on fsdp.
-    """
-    sizes: dict[str, int] = {}
-    for part in (spec or "").replace(" ", "").split(","):
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        if not sep or name not in AXES:
-            raise ValueError(
-                f"bad --mesh entry {part!r}: expected axis=size with axis one of {', '.join(AXES)}")
-        if name in sizes:
-            raise ValueError(f"bad --mesh: axis {name!r} given twice")
-        try:
-            sizes[name] = int(value)
-        except ValueError:
-            raise ValueError(f"bad --mesh entry {part!r}: size must be an integer") from None
-        if sizes[name] < 1:
-            raise ValueError(f"bad --mesh entry {part!r}: size must be >= 1")
-    if "fsdp" not in sizes:
-        rest = math.prod(sizes.get(a, 1) for a in AXES if a != "fsdp")
-        if num_devices % rest:
-            raise ValueError(
-                f"bad --mesh {spec!r}: {rest} devices on data x tensor do not divide "
-                f"the {num_devices} devices")
-        sizes["fsdp"] = num_devices // rest
-    shape = {a: sizes.get(a, 1) for a in AXES}
-    if math.prod(shape.values()) != num_devices:
-        raise ValueError(
-            f"bad --mesh {format_mesh(shape)}: it holds {math.prod(shape.values())} devices "
-            f"but {num_devices} are in use")
-    return shape
+  Axes left out are 1, except `fsdp`, which (when left out) takes whatever devices the
+  other axes leave: `tensor=2` on 8 devices is data=1, fsdp=4, tensor=2. `None` or ''
+  puts every device on fsdp.
+  """
+  sizes: dict[str, int] = {}
+  for part in (spec or "").replace(" ", "").split(","):
+    if not part:
+      continue
+    name, sep, value = part.partition("=")
+    if not sep or name not in AXES:
+      raise ValueError(
+        f"bad --mesh entry {part!r}: expected axis=size with axis one of {', '.join(AXES)}"
+      )
+    if name in sizes:
+      raise ValueError(f"bad --mesh: axis {name!r} given twice")
+    try:
+      sizes[name] = int(value)
+    except ValueError:
+      raise ValueError(
+        f"bad --mesh entry {part!r}: size must be an integer"
+      ) from None
+    if sizes[name] < 1:
+      raise ValueError(f"bad --mesh entry {part!r}: size must be >= 1")
+  if "fsdp" not in sizes:
+    rest = math.prod(sizes.get(a, 1) for a in AXES if a != "fsdp")
+    if num_devices % rest:
+      raise ValueError(
+        f"bad --mesh {spec!r}: {rest} devices on data x tensor do not divide "
+        f"the {num_devices} devices"
+      )
+    sizes["fsdp"] = num_devices // rest
+  shape = {a: sizes.get(a, 1) for a in AXES}
+  if math.prod(shape.values()) != num_devices:
+    raise ValueError(
+      f"bad --mesh {format_mesh(shape)}: it holds {math.prod(shape.values())} devices "
+      f"but {num_devices} are in use"
+    )
+  return shape
 
 
 def format_mesh(shape: dict[str, int]) -> str:
-    return ",".join(f"{a}={shape[a]}" for a in AXES)
+  return ",".join(f"{a}={shape[a]}" for a in AXES)
 
 
 def make_mesh(shape: dict[str, int], devices=None) -> Mesh:
-    """A ('data', 'fsdp', 'tensor') mesh with Auto axis types over `devices` (default: all)."""
-    devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh(
-        tuple(shape[a] for a in AXES), AXES,
-        axis_types=(jax.sharding.AxisType.Auto,) * len(AXES), devices=devices)
+  """A ('data', 'fsdp', 'tensor') mesh with Auto axis types over `devices` (default: all)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh(
+    tuple(shape[a] for a in AXES),
+    AXES,
+    axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
+    devices=devices,
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """[batch, seq] arrays: rows split over (data, fsdp), replicated over tensor."""
-    return NamedSharding(mesh, P(BATCH_AXES, None))
+  """[batch, seq] arrays: rows split over (data, fsdp), replicated over tensor."""
+  return NamedSharding(mesh, P(BATCH_AXES, None))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
+  return NamedSharding(mesh, P())
 
 
-def check_batch_fits(mesh: Mesh, batch_size: int, process_count: int = 1) -> None:
-    """The global batch must split evenly over (data, fsdp) and over the processes."""
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch_size % ways:
-        raise ValueError(
-            f"--batch-size {batch_size} does not divide over data x fsdp = {ways} devices; "
-            f"use a multiple of {ways}")
-    if batch_size % process_count:
-        raise ValueError(
-            f"--batch-size {batch_size} does not divide over {process_count} processes")
+def check_batch_fits(
+  mesh: Mesh, batch_size: int, process_count: int = 1
+) -> None:
+  """The global batch must split evenly over (data, fsdp) and over the processes."""
+  ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % ways:
+    raise ValueError(
+      f"--batch-size {batch_size} does not divide over data x fsdp = {ways} devices; "
+      f"use a multiple of {ways}"
+    )
+  if batch_size % process_count:
+    raise ValueError(
+      f"--batch-size {batch_size} does not divide over {process_count} processes"
+    )
 
 
 def check_shapes_fit(mesh: Mesh, shapes, specs) -> None:
-    """Every sharded dimension of every parameter must divide by its mesh axes.
+  """Every sharded dimension of every parameter must divide by its mesh axes.
 
-    `shapes` and `specs` are matching trees of objects with `.shape` and of
-    PartitionSpecs. Raises ValueError naming the first parameter that does not fit.
-    """
-    shape_leaves = jax.tree_util.tree_leaves_with_path(shapes)
-    spec_leaves = jax.tree_util.tree_leaves(specs, is_leaf=lambda x: isinstance(x, P))
-    for (path, leaf), spec in zip(shape_leaves, spec_leaves, strict=True):
-        for dim, axes in zip(leaf.shape, tuple(spec)):
-            if axes is None:
-                continue
-            axes = (axes,) if isinstance(axes, str) else tuple(axes)
-            ways = math.prod(mesh.shape[a] for a in axes)
-            if dim % ways:
-                name = jax.tree_util.keystr(path, simple=True, separator=".")
-                name = name.removesuffix(".value")  # nnx Variables add a .value
-                raise ValueError(
-                    f"mesh {format_mesh(dict(mesh.shape))} does not fit the model: "
-                    f"{name} {tuple(leaf.shape)} has a dimension of {dim}, not divisible by "
-                    f"{'x'.join(axes)} = {ways}")
+  `shapes` and `specs` are matching trees of objects with `.shape` and of
+  PartitionSpecs. Raises ValueError naming the first parameter that does not fit.
+  """
+  shape_leaves = jax.tree_util.tree_leaves_with_path(shapes)
+  spec_leaves = jax.tree_util.tree_leaves(
+    specs, is_leaf=lambda x: isinstance(x, P)
+  )
+  for (path, leaf), spec in zip(shape_leaves, spec_leaves, strict=True):
+    for dim, axes in zip(leaf.shape, tuple(spec)):
+      if axes is None:
+        continue
+      axes = (axes,) if isinstance(axes, str) else tuple(axes)
+      ways = math.prod(mesh.shape[a] for a in axes)
+      if dim % ways:
+        name = jax.tree_util.keystr(path, simple=True, separator=".")
+        name = name.removesuffix(".value")  # nnx Variables add a .value
+        raise ValueError(
+          f"mesh {format_mesh(dict(mesh.shape))} does not fit the model: "
+          f"{name} {tuple(leaf.shape)} has a dimension of {dim}, not divisible by "
+          f"{'x'.join(axes)} = {ways}"
+        )
 
 
-def global_batch(mesh: Mesh, local_rows: np.ndarray, global_rows: int) -> jax.Array:
-    """Assembles a global [global_rows, ...] batch on the mesh from this process's rows."""
-    sharding = batch_sharding(mesh)
-    return jax.make_array_from_process_local_data(
-        sharding, local_rows, (global_rows,) + tuple(local_rows.shape[1:]))
+def global_batch(
+  mesh: Mesh, local_rows: np.ndarray, global_rows: int
+) -> jax.Array:
+  """Assembles a global [global_rows, ...] batch on the mesh from this process's rows."""
+  sharding = batch_sharding(mesh)
+  return jax.make_array_from_process_local_data(
+    sharding, local_rows, (global_rows,) + tuple(local_rows.shape[1:])
+  )
 
 
 def shardings_like_params(tree, params, default: NamedSharding):
-    """Shardings for a tree that holds copies of the params (e.g. optimizer state).
+  """Shardings for a tree that holds copies of the params (e.g. optimizer state).
 
-    A leaf whose tree path ends with a parameter's path and that has the parameter's
-    shape (Adam moments, momenta) is sharded like that parameter, so optimizer state is
-    split exactly as the model is. Every other leaf (step counts, factored statistics)
-    gets `default`.
-    """
-    def key(k):
-        return getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
+  A leaf whose tree path ends with a parameter's path and that has the parameter's
+  shape (Adam moments, momenta) is sharded like that parameter, so optimizer state is
+  split exactly as the model is. Every other leaf (step counts, factored statistics)
+  gets `default`.
+  """
 
-    by_path = {tuple(map(key, path)): leaf
-               for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
-    lengths = sorted({len(p) for p in by_path}, reverse=True)
+  def key(k):
+    return getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
 
-    def sharding(path, leaf):
-        path = tuple(map(key, path))
-        for n in lengths:
-            param = by_path.get(path[-n:]) if len(path) >= n else None
-            if param is not None and param.shape == leaf.shape:
-                return param.sharding
-        return default
+  by_path = {
+    tuple(map(key, path)): leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+  }
+  lengths = sorted({len(p) for p in by_path}, reverse=True)
 
-    return jax.tree_util.tree_map_with_path(sharding, tree)
+  def sharding(path, leaf):
+    path = tuple(map(key, path))
+    for n in lengths:
+      param = by_path.get(path[-n:]) if len(path) >= n else None
+      if param is not None and param.shape == leaf.shape:
+        return param.sharding
+    return default
+
+  return jax.tree_util.tree_map_with_path(sharding, tree)

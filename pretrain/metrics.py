@@ -22,126 +22,171 @@ import time
 
 
 class RunLog:
-    """Progress bar, JSONL metrics and in-memory history of one run.
+  """Progress bar, JSONL metrics and in-memory history of one run.
 
-    Args:
-      path: the JSONL file, or None for none. On resume (`start > 0`) records past
-        `start` are dropped first, so steps replayed after the last checkpoint are not
-        listed twice and the file reads as one run.
-      start: the first step this run takes (0, or the restored checkpoint's step).
-      steps: the last step + 1.
-      tokens_per_step: global batch size x sequence length.
-      log_every: write a train record every N steps (and on the first and last).
-      enabled: False on every process but 0: nothing is printed or written.
-      progress: show a tqdm bar (on stderr).
-    """
+  Args:
+    path: the JSONL file, or None for none. On resume (`start > 0`) records past
+      `start` are dropped first, so steps replayed after the last checkpoint are not
+      listed twice and the file reads as one run.
+    start: the first step this run takes (0, or the restored checkpoint's step).
+    steps: the last step + 1.
+    tokens_per_step: global batch size x sequence length.
+    log_every: write a train record every N steps (and on the first and last).
+    enabled: False on every process but 0: nothing is printed or written.
+    progress: show a tqdm bar (on stderr).
+  """
 
-    def __init__(self, path: str | None, *, start: int, steps: int, tokens_per_step: int,
-                 log_every: int, enabled: bool = True, progress: bool = True):
-        self.path = path if enabled else None
-        self.enabled = enabled
-        self.start, self.steps = start, steps
-        self.tokens_per_step = tokens_per_step
-        self.log_every = log_every
-        self.history: list[dict] = []
-        self.evals: list[dict] = []
-        self.t0 = time.time()
-        self._window = (self.t0, 0)  # (time, tokens) since the last train record
-        self._evals_on_file: set[int] = set()
-        if self.path is not None:
-            self._evals_on_file = _keep_records_before(self.path, start)
-        self._bar = None
-        if enabled and progress:
-            from tqdm import tqdm
+  def __init__(
+    self,
+    path: str | None,
+    *,
+    start: int,
+    steps: int,
+    tokens_per_step: int,
+    log_every: int,
+    enabled: bool = True,
+    progress: bool = True,
+  ):
+    self.path = path if enabled else None
+    self.enabled = enabled
+    self.start, self.steps = start, steps
+    self.tokens_per_step = tokens_per_step
+    self.log_every = log_every
+    self.history: list[dict] = []
+    self.evals: list[dict] = []
+    self.t0 = time.time()
+    self._window = (self.t0, 0)  # (time, tokens) since the last train record
+    self._evals_on_file: set[int] = set()
+    if self.path is not None:
+      self._evals_on_file = _keep_records_before(self.path, start)
+    self._bar = None
+    if enabled and progress:
+      from tqdm import tqdm
 
-            self._bar = tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True,
-                             file=sys.stderr)
+      self._bar = tqdm(
+        total=steps,
+        initial=start,
+        desc="train",
+        dynamic_ncols=True,
+        file=sys.stderr,
+      )
 
-    def print(self, message: str) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(message)
-        else:
-            print(message, flush=True)
+  def print(self, message: str) -> None:
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.write(message)
+    else:
+      print(message, flush=True)
 
-    def train_step(self, step: int, *, loss: float, grad_norm: float, lr: float) -> None:
-        now = time.time()
-        self.history.append({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                             "time_s": now - self.t0})
-        t_window, tokens = self._window
-        tokens += self.tokens_per_step
-        self._window = (t_window, tokens)
-        done = step + 1
-        if done % self.log_every == 0 or done == self.steps or step == self.start:
-            tokens_per_s = tokens / max(now - t_window, 1e-9)
-            self._window = (now, 0)
-            self._write({"kind": "train", "step": step, "loss": loss, "lr": lr,
-                         "grad_norm": grad_norm, "tokens": done * self.tokens_per_step,
-                         "tokens_per_s": tokens_per_s, "time_s": now - self.t0})
-            if self._bar is not None:
-                self._bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}",
-                                      lr=f"{lr:.2e}", refresh=False)
-        if self._bar is not None:
-            self._bar.update(1)
-
-    def eval(self, step: int, val_loss: float) -> None:
-        record = {"kind": "eval", "step": step, "val_loss": val_loss,
-                  "val_ppl": math.exp(min(val_loss, 80.0)), "time_s": time.time() - self.t0}
-        self.evals.append(record)
-        if step not in self._evals_on_file:  # a run resumed at its end re-evaluates
-            self._write(record)
-        self.print(f"step {step}: val loss {val_loss:.4f}, ppl {record['val_ppl']:.2f}")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def summary(self) -> dict:
-        """Final losses, totals and the history of this run.
-
-        final_train_loss is the mean over the last 10 steps (one step's loss is noisy);
-        tokens_per_s leaves out the first step, which includes compilation.
-        """
-        tail = [h["loss"] for h in self.history[-10:]]
-        timed = self.history[1:]
-        span = timed[-1]["time_s"] - self.history[0]["time_s"] if timed else 0.0
-        last = self.evals[-1] if self.evals else {}
-        return {
-            "final_train_loss": sum(tail) / len(tail) if tail else None,
-            "final_val_loss": last.get("val_loss"),
-            "final_val_ppl": last.get("val_ppl"),
-            "tokens": self.steps * self.tokens_per_step,
-            "tokens_this_run": len(self.history) * self.tokens_per_step,
-            "time_s": time.time() - self.t0,
-            "tokens_per_s": len(timed) * self.tokens_per_step / span if span > 0 else None,
-            "history": self.history,
-            "evals": self.evals,
+  def train_step(
+    self, step: int, *, loss: float, grad_norm: float, lr: float
+  ) -> None:
+    now = time.time()
+    self.history.append(
+      {
+        "step": step,
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "time_s": now - self.t0,
+      }
+    )
+    t_window, tokens = self._window
+    tokens += self.tokens_per_step
+    self._window = (t_window, tokens)
+    done = step + 1
+    if done % self.log_every == 0 or done == self.steps or step == self.start:
+      tokens_per_s = tokens / max(now - t_window, 1e-9)
+      self._window = (now, 0)
+      self._write(
+        {
+          "kind": "train",
+          "step": step,
+          "loss": loss,
+          "lr": lr,
+          "grad_norm": grad_norm,
+          "tokens": done * self.tokens_per_step,
+          "tokens_per_s": tokens_per_s,
+          "time_s": now - self.t0,
         }
+      )
+      if self._bar is not None:
+        self._bar.set_postfix(
+          loss=f"{loss:.3f}",
+          tok_s=f"{tokens_per_s:,.0f}",
+          lr=f"{lr:.2e}",
+          refresh=False,
+        )
+    if self._bar is not None:
+      self._bar.update(1)
 
-    def _write(self, record: dict) -> None:
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+  def eval(self, step: int, val_loss: float) -> None:
+    record = {
+      "kind": "eval",
+      "step": step,
+      "val_loss": val_loss,
+      "val_ppl": math.exp(min(val_loss, 80.0)),
+      "time_s": time.time() - self.t0,
+    }
+    self.evals.append(record)
+    if step not in self._evals_on_file:  # a run resumed at its end re-evaluates
+      self._write(record)
+    self.print(
+      f"step {step}: val loss {val_loss:.4f}, ppl {record['val_ppl']:.2f}"
+    )
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+  def summary(self) -> dict:
+    """Final losses, totals and the history of this run.
+
+    final_train_loss is the mean over the last 10 steps (one step's loss is noisy);
+    tokens_per_s leaves out the first step, which includes compilation.
+    """
+    tail = [h["loss"] for h in self.history[-10:]]
+    timed = self.history[1:]
+    span = timed[-1]["time_s"] - self.history[0]["time_s"] if timed else 0.0
+    last = self.evals[-1] if self.evals else {}
+    return {
+      "final_train_loss": sum(tail) / len(tail) if tail else None,
+      "final_val_loss": last.get("val_loss"),
+      "final_val_ppl": last.get("val_ppl"),
+      "tokens": self.steps * self.tokens_per_step,
+      "tokens_this_run": len(self.history) * self.tokens_per_step,
+      "time_s": time.time() - self.t0,
+      "tokens_per_s": len(timed) * self.tokens_per_step / span
+      if span > 0
+      else None,
+      "history": self.history,
+      "evals": self.evals,
+    }
+
+  def _write(self, record: dict) -> None:
+    if self.path is not None:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _keep_records_before(path: str, start: int) -> set[int]:
-    """Truncates the file to the records of steps before `start` (all, if start = 0:
-    a fresh run starts a fresh file) and the eval at `start`, which came before its
-    checkpoint. Returns the steps of the evals kept."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    kept = []
-    if start > 0 and os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a kill
-                step = record.get("step", 0)
-                if step < start or (record.get("kind") == "eval" and step == start):
-                    kept.append(json.dumps(record) + "\n")
-    with open(path, "w") as f:
-        f.writelines(kept)
-    return {r["step"] for r in map(json.loads, kept) if r.get("kind") == "eval"}
+  """Truncates the file to the records of steps before `start` (all, if start = 0:
+  a fresh run starts a fresh file) and the eval at `start`, which came before its
+  checkpoint. Returns the steps of the evals kept."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  kept = []
+  if start > 0 and os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue  # a line cut short by a kill
+        step = record.get("step", 0)
+        if step < start or (record.get("kind") == "eval" and step == start):
+          kept.append(json.dumps(record) + "\n")
+  with open(path, "w") as f:
+    f.writelines(kept)
+  return {r["step"] for r in map(json.loads, kept) if r.get("kind") == "eval"}

@@ -17,8 +17,8 @@ def _mlp_params(key, sizes=(8, 32, 32, 1)):
   for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
     key, sub = jax.random.split(key)
     params[f"dense_{i}"] = {
-        "kernel": jax.random.normal(sub, (a, b)) / np.sqrt(a),
-        "bias": jnp.zeros((b,)),
+      "kernel": jax.random.normal(sub, (a, b)) / np.sqrt(a),
+      "bias": jnp.zeros((b,)),
     }
   return params
 
@@ -60,19 +60,27 @@ def _train(tx, steps=200):
 @pytest.mark.parametrize("make", [mo.sinkgd, mo.swan], ids=["sinkgd", "swan"])
 def test_optimizer_trains_mlp_regression_well_below_initial_loss(make):
   # Normalized updates have a fixed size, so the lr must decay to settle.
-  losses = _train(make(optax.cosine_decay_schedule(3e-2, 200), alpha=1.0), steps=200)
+  losses = _train(
+    make(optax.cosine_decay_schedule(3e-2, 200), alpha=1.0), steps=200
+  )
   assert np.isfinite(losses).all()
   assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
 
 
 def test_default_labels_send_embeddings_head_norms_biases_and_vectors_to_adam():
   params = {
-      "embed": {"embedding": jnp.zeros((10, 4))},
-      "layers": {"0": {"attn": {"q_proj": {"kernel": jnp.zeros((4, 4))}},
-                       "attn_norm": {"scale": jnp.zeros((4,))},
-                       "mlp": {"up_proj": {"kernel": jnp.zeros((4, 8)), "bias": jnp.zeros((8,))}}}},
-      "lm_head": {"kernel": jnp.zeros((4, 10))},
-      "step_scale": jnp.zeros(()),
+    "embed": {"embedding": jnp.zeros((10, 4))},
+    "layers": {
+      "0": {
+        "attn": {"q_proj": {"kernel": jnp.zeros((4, 4))}},
+        "attn_norm": {"scale": jnp.zeros((4,))},
+        "mlp": {
+          "up_proj": {"kernel": jnp.zeros((4, 8)), "bias": jnp.zeros((8,))}
+        },
+      }
+    },
+    "lm_head": {"kernel": jnp.zeros((4, 10))},
+    "step_scale": jnp.zeros(()),
   }
   labels = mo.default_param_labels(params)
   assert labels["embed"]["embedding"] == "adam"
@@ -86,17 +94,26 @@ def test_default_labels_send_embeddings_head_norms_biases_and_vectors_to_adam():
 
 def test_sinkgd_matrix_update_is_minus_alpha_lr_times_sinkhorn_and_adam_elsewhere():
   params = _mlp_params(jax.random.key(2))
-  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(3), p.shape), params)
+  grads = jax.tree.map(
+    lambda p: jax.random.normal(jax.random.key(3), p.shape), params
+  )
   lr, alpha = 1e-2, 0.05
   tx = mo.sinkgd(lr, alpha=alpha)
   updates, _ = tx.update(grads, tx.init(params), params)
   expected_matrices, _ = mo.scale_by_sinkgd(5).update(
-      {k: v["kernel"] for k, v in grads.items()}, None)
+    {k: v["kernel"] for k, v in grads.items()}, None
+  )
   for k in params:
-    chex.assert_trees_all_close(updates[k]["kernel"], -alpha * lr * expected_matrices[k], rtol=1e-5)
-  adam_updates, _ = optax.adamw(lr, weight_decay=0.0).update(grads, optax.adamw(lr).init(params), params)
+    chex.assert_trees_all_close(
+      updates[k]["kernel"], -alpha * lr * expected_matrices[k], rtol=1e-5
+    )
+  adam_updates, _ = optax.adamw(lr, weight_decay=0.0).update(
+    grads, optax.adamw(lr).init(params), params
+  )
   for k in params:
-    chex.assert_trees_all_close(updates[k]["bias"], adam_updates[k]["bias"], rtol=1e-5)
+    chex.assert_trees_all_close(
+      updates[k]["bias"], adam_updates[k]["bias"], rtol=1e-5
+    )
 
 
 def test_param_labels_override_as_tree_and_callable():
@@ -106,13 +123,19 @@ def test_param_labels_override_as_tree_and_callable():
   for labels in (all_adam, lambda p: jax.tree.map(lambda _: "adam", p)):
     tx = mo.sinkgd(1e-2, param_labels=labels)
     updates, _ = tx.update(grads, tx.init(params), params)
-    ref, _ = optax.adamw(1e-2, weight_decay=0.0).update(grads, optax.adamw(1e-2).init(params), params)
+    ref, _ = optax.adamw(1e-2, weight_decay=0.0).update(
+      grads, optax.adamw(1e-2).init(params), params
+    )
     chex.assert_trees_all_close(updates, ref, rtol=1e-5)
 
 
 def test_transforms_have_empty_state_and_init_on_shape_dtype_structs():
   abstract = {"k": jax.ShapeDtypeStruct((16, 8), jnp.float32)}
-  for tx in (mo.scale_by_sinkgd(), mo.scale_by_swan(), mo.multinorm([mo.sign], 1)):
+  for tx in (
+    mo.scale_by_sinkgd(),
+    mo.scale_by_swan(),
+    mo.multinorm([mo.sign], 1),
+  ):
     state = tx.init(abstract)
     assert state == optax.EmptyState()
     assert jax.tree.leaves(state) == []
@@ -134,21 +157,30 @@ def test_second_call_does_not_recompile():
   params = _mlp_params(jax.random.key(0))
   state = tx.init(params)
   for seed in range(3):
-    grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(seed), p.shape), params)
+    key = jax.random.key(seed)
+    grads = jax.tree.map(
+      lambda p, key=key: jax.random.normal(key, p.shape), params
+    )
     _, state = update(grads, state, params)
   assert len(traces) == 1
 
 
 def test_works_inside_multisteps_inject_hyperparams_and_partition():
   params = _mlp_params(jax.random.key(5))
-  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(6), p.shape), params)
+  grads = jax.tree.map(
+    lambda p: jax.random.normal(jax.random.key(6), p.shape), params
+  )
 
   multi = optax.MultiSteps(mo.sinkgd(1e-2), every_k_schedule=2)
   state = multi.init(params)
   u1, state = jax.jit(multi.update)(grads, state, params)
-  chex.assert_trees_all_equal(u1, jax.tree.map(jnp.zeros_like, params))  # accumulating
+  chex.assert_trees_all_equal(
+    u1, jax.tree.map(jnp.zeros_like, params)
+  )  # accumulating
   u2, state = jax.jit(multi.update)(grads, state, params)
-  direct, _ = mo.sinkgd(1e-2).update(grads, mo.sinkgd(1e-2).init(params), params)
+  direct, _ = mo.sinkgd(1e-2).update(
+    grads, mo.sinkgd(1e-2).init(params), params
+  )
   chex.assert_trees_all_close(u2, direct, rtol=1e-5, atol=1e-7)
 
   injected = optax.inject_hyperparams(mo.sinkgd)(learning_rate=1e-2)
@@ -157,21 +189,37 @@ def test_works_inside_multisteps_inject_hyperparams_and_partition():
   chex.assert_trees_all_close(u, direct, rtol=1e-5, atol=1e-7)
   state.hyperparams["learning_rate"] = jnp.asarray(2e-2)
   u, _ = jax.jit(injected.update)(grads, state, params)
-  chex.assert_trees_all_close(u["dense_0"]["kernel"], 2 * direct["dense_0"]["kernel"], rtol=1e-5)
+  chex.assert_trees_all_close(
+    u["dense_0"]["kernel"], 2 * direct["dense_0"]["kernel"], rtol=1e-5
+  )
 
   labels = jax.tree.map(lambda p: "norm" if p.ndim == 2 else "sgd", params)
   tx = optax.partition(
-      {"norm": optax.chain(mo.multinorm([mo.row_l2, mo.col_l2], 5), optax.scale(-0.1)),
-       "sgd": optax.sgd(0.1)}, labels)
+    {
+      "norm": optax.chain(
+        mo.multinorm([mo.row_l2, mo.col_l2], 5), optax.scale(-0.1)
+      ),
+      "sgd": optax.sgd(0.1),
+    },
+    labels,
+  )
   u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-  expected, _ = mo.scale_by_sinkgd(5).update({"k": grads["dense_1"]["kernel"]}, None)
-  chex.assert_trees_all_close(u["dense_1"]["kernel"], -0.1 * expected["k"], rtol=1e-5)
+  expected, _ = mo.scale_by_sinkgd(5).update(
+    {"k": grads["dense_1"]["kernel"]}, None
+  )
+  chex.assert_trees_all_close(
+    u["dense_1"]["kernel"], -0.1 * expected["k"], rtol=1e-5
+  )
 
 
 def test_schedule_learning_rate_is_scaled_by_alpha():
   schedule = optax.linear_schedule(1.0, 0.0, 10)
   params = {"k": jnp.ones((4, 4))}
-  grads = {"k": jnp.asarray(np.random.default_rng(0).standard_normal((4, 4)), jnp.float32)}
+  grads = {
+    "k": jnp.asarray(
+      np.random.default_rng(0).standard_normal((4, 4)), jnp.float32
+    )
+  }
   tx = mo.sinkgd(schedule, alpha=0.5)
   state = tx.init(params)
   u0, state = tx.update(grads, state, params)
@@ -209,6 +257,10 @@ def test_nnx_optimizer_with_sinkgd_trains_and_labels_by_path():
   losses = [float(step(model, optimizer)) for _ in range(60)]
   assert losses[-1] < 0.5 * losses[0]
   labels = mo.default_param_labels(nnx.state(model, nnx.Param))
-  flat = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(labels)[0]}
+  flat = {
+    path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(labels)[0]
+  }
   assert len(flat) == 5, flat
-  assert {k for k, v in flat.items() if v == "multinorm"} == {"hidden/kernel/value"}, flat
+  assert {k for k, v in flat.items() if v == "multinorm"} == {
+    "hidden/kernel/value"
+  }, flat

@@ -17,16 +17,32 @@ GRAD_DTYPES = ("float32", "bfloat16")
 
 def _matrix_param_bytes(shapes) -> int:
   labels = step_cost.mo.default_param_labels(shapes)
-  return sum(step_cost.tree_bytes(s) for s, label in
-             zip(jax.tree.leaves(shapes), jax.tree.leaves(labels)) if label == "multinorm")
+  return sum(
+    step_cost.tree_bytes(s)
+    for s, label in zip(jax.tree.leaves(shapes), jax.tree.leaves(labels))
+    if label == "multinorm"
+  )
 
 
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory):
   out = tmp_path_factory.mktemp("step_cost")
-  step_cost.main(["--models", "tiny", "--repeats", "2", "--warmup", "1",
-                  "--optimizers", ",".join(OPTIMIZERS), "--grad-dtypes", ",".join(GRAD_DTYPES),
-                  "--out", str(out)])
+  step_cost.main(
+    [
+      "--models",
+      "tiny",
+      "--repeats",
+      "2",
+      "--warmup",
+      "1",
+      "--optimizers",
+      ",".join(OPTIMIZERS),
+      "--grad-dtypes",
+      ",".join(GRAD_DTYPES),
+      "--out",
+      str(out),
+    ]
+  )
   return out
 
 
@@ -37,13 +53,22 @@ def test_tiny_run_writes_finite_times_and_expected_state_bytes(out_dir):
   [model] = result["models"]
   assert model["model"] == "tiny"
   for baseline in ("copy", "read"):
-    assert math.isfinite(model[baseline]["median_ms"]) and model[baseline]["median_ms"] > 0
+    assert (
+      math.isfinite(model[baseline]["median_ms"])
+      and model[baseline]["median_ms"] > 0
+    )
 
   steps = {(r["optimizer"], r["grad_dtype"]): r for r in model["steps"]}
   assert set(steps) == {(o, d) for o in OPTIMIZERS for d in GRAD_DTYPES}
   for (name, dtype), r in steps.items():
     assert r["repeats"] == 2 and len(r["samples_ms"]) == 2
-    for t in (r["median_ms"], r["min_ms"], r["passes"], r["ratio_to_adamw"], *r["samples_ms"]):
+    for t in (
+      r["median_ms"],
+      r["min_ms"],
+      r["passes"],
+      r["ratio_to_adamw"],
+      *r["samples_ms"],
+    ):
       assert math.isfinite(t) and t > 0, (name, dtype, t)
     assert r["params_finite_after"], (name, dtype)
     assert f"| tiny | {dtype} | {name} |" in table
@@ -54,25 +79,40 @@ def test_tiny_run_writes_finite_times_and_expected_state_bytes(out_dir):
   for dtype in GRAD_DTYPES:
     assert steps["adamw", dtype]["ratio_to_adamw"] == 1.0
     assert steps["adamw", dtype]["state_bytes"] >= 2 * param_bytes  # mu and nu
-    assert steps["adamw", dtype]["state_bytes_matrices"] >= 2 * _matrix_param_bytes(shapes)
+    assert steps["adamw", dtype][
+      "state_bytes_matrices"
+    ] >= 2 * _matrix_param_bytes(shapes)
     assert steps["sgd", dtype]["state_bytes"] == 0
     for stateless in ("swan", "sinkgd_l5"):
       assert steps[stateless, dtype]["state_bytes_matrices"] == 0
       # AdamW state for embeddings, head and norms only.
-      assert 0 < steps[stateless, dtype]["state_bytes"] < steps["adamw", dtype]["state_bytes"]
+      assert (
+        0
+        < steps[stateless, dtype]["state_bytes"]
+        < steps["adamw", dtype]["state_bytes"]
+      )
 
 
 def test_tiny_run_counts_full_size_reads_and_writes_in_the_hlo(out_dir):
   result = json.loads((out_dir / "step_cost.json").read_text())
-  rows = {(r["optimizer"], r["grad_dtype"]): r for r in result["hlo_passes"]["rows"]}
+  rows = {
+    (r["optimizer"], r["grad_dtype"]): r for r in result["hlo_passes"]["rows"]
+  }
   assert set(rows) == {(o, d) for o in OPTIMIZERS for d in GRAD_DTYPES}
   for dtype in GRAD_DTYPES:
     # p <- p - lr * g reads p and g and writes p: nothing less is possible.
-    assert rows["sgd", dtype]["reads"] >= 2 and rows["sgd", dtype]["writes"] >= 1
+    assert (
+      rows["sgd", dtype]["reads"] >= 2 and rows["sgd", dtype]["writes"] >= 1
+    )
     # AdamW also reads and writes mu and nu.
-    assert rows["adamw", dtype]["reads"] >= 4 and rows["adamw", dtype]["writes"] >= 3
+    assert (
+      rows["adamw", dtype]["reads"] >= 4 and rows["adamw", dtype]["writes"] >= 3
+    )
     # SR-Sinkhorn reads the gradient at least once per half-step, then writes p.
-    assert rows["sinkgd_l5", dtype]["reads"] >= 11 and rows["sinkgd_l5", dtype]["writes"] >= 1
+    assert (
+      rows["sinkgd_l5", dtype]["reads"] >= 11
+      and rows["sinkgd_l5", dtype]["writes"] >= 1
+    )
   assert "full-size reads" in (out_dir / "step_cost.md").read_text()
 
 
@@ -80,7 +120,11 @@ def test_hlo_count_sees_one_fused_elementwise_update_and_flags_loops():
   p = jax.ShapeDtypeStruct((64, 48), jax.numpy.float32)
   sgd = jax.jit(lambda p, g: p - 0.1 * g).lower(p, p).compile().as_text()
   assert step_cost.count_full_size_traffic(sgd, 64 * 48) == {
-      "reads": 2, "writes": 1, "passes": 3.0, "has_loop": False}
+    "reads": 2,
+    "writes": 1,
+    "passes": 3.0,
+    "has_loop": False,
+  }
 
   def repeated(p, g, n):
     return jax.lax.fori_loop(0, n, lambda _, x: x - 0.1 * g, p)

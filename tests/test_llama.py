@@ -23,8 +23,9 @@ _forward = nnx.jit(lambda model, tokens: model(tokens))
 
 
 def _num_params(model_or_state):
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model_or_state,
-                                                       nnx.Param)))
+  return sum(
+    x.size for x in jax.tree.leaves(nnx.state(model_or_state, nnx.Param))
+  )
 
 
 @pytest.fixture(scope="module")
@@ -48,26 +49,27 @@ def test_logits_are_float32_batch_by_time_by_vocab(small_model):
 
 
 def test_params_are_float32_and_weight_matrices_are_2d_fan_in_fan_out(
-    small_model):
+  small_model,
+):
   d, f, v = SMALL.d_model, SMALL.d_ff, SMALL.vocab_size
   q, kv = SMALL.n_heads * SMALL.head_dim, SMALL.num_kv_heads * SMALL.head_dim
   expected = {
-      "embed/embedding": (v, d),
-      "lm_head/kernel": (d, v),
-      "norm/scale": (d,),
-      "layers/1/attn_norm/scale": (d,),
-      "layers/1/attn/q_proj/kernel": (d, q),
-      "layers/1/attn/k_proj/kernel": (d, kv),
-      "layers/1/attn/v_proj/kernel": (d, kv),
-      "layers/1/attn/o_proj/kernel": (q, d),
-      "layers/1/mlp_norm/scale": (d,),
-      "layers/1/mlp/gate_proj/kernel": (d, f),
-      "layers/1/mlp/up_proj/kernel": (d, f),
-      "layers/1/mlp/down_proj/kernel": (f, d),
+    "embed/embedding": (v, d),
+    "lm_head/kernel": (d, v),
+    "norm/scale": (d,),
+    "layers/1/attn_norm/scale": (d,),
+    "layers/1/attn/q_proj/kernel": (d, q),
+    "layers/1/attn/k_proj/kernel": (d, kv),
+    "layers/1/attn/v_proj/kernel": (d, kv),
+    "layers/1/attn/o_proj/kernel": (q, d),
+    "layers/1/mlp_norm/scale": (d,),
+    "layers/1/mlp/gate_proj/kernel": (d, f),
+    "layers/1/mlp/up_proj/kernel": (d, f),
+    "layers/1/mlp/down_proj/kernel": (f, d),
   }
   params = {
-      "/".join(map(str, path)): v[...]
-      for path, v in nnx.to_flat_state(nnx.state(small_model, nnx.Param))
+    "/".join(map(str, path)): v[...]
+    for path, v in nnx.to_flat_state(nnx.state(small_model, nnx.Param))
   }
   for path, shape in expected.items():
     assert params[path].shape == shape, path
@@ -89,8 +91,9 @@ def test_count_params_equals_built_model(name):
   assert _num_params(abstract) == llama.count_params(config)
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(n_kv_heads=1), dict(n_kv_heads=2, tie_embeddings=True)])
+@pytest.mark.parametrize(
+  "overrides", [dict(n_kv_heads=1), dict(n_kv_heads=2, tie_embeddings=True)]
+)
 def test_count_params_equals_built_model_with_gqa_and_tying(overrides):
   config = llama.get_config("tiny", **overrides)
   abstract = nnx.eval_shape(lambda: llama.Llama(config, rngs=nnx.Rngs(0)))
@@ -98,14 +101,16 @@ def test_count_params_equals_built_model_with_gqa_and_tying(overrides):
 
 
 def test_count_params_matches_galore_sizes():
-  exact = {name: llama.count_params(llama.get_config(name))
-           for name in ("tiny", "60m", "130m", "350m", "1b")}
+  exact = {
+    name: llama.count_params(llama.get_config(name))
+    for name in ("tiny", "60m", "130m", "350m", "1b")
+  }
   assert exact == {
-      "tiny": 869_504,
-      "60m": 58_073_600,
-      "130m": 134_105_856,
-      "350m": 367_969_280,
-      "1b": 1_339_082_752,
+    "tiny": 869_504,
+    "60m": 58_073_600,
+    "130m": 134_105_856,
+    "350m": 367_969_280,
+    "1b": 1_339_082_752,
   }
   galore_millions = {"60m": 58, "130m": 134, "350m": 368, "1b": 1339}
   for name, millions in galore_millions.items():
@@ -147,7 +152,8 @@ def test_rope_is_a_rotation():
   x = jax.random.normal(jax.random.key(0), (7, 3, 16), jnp.float32)
   y = llama.rope(x, jnp.arange(7), theta=10000.0)
   np.testing.assert_allclose(
-      jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+    jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5
+  )
   np.testing.assert_allclose(y[0], x[0])  # position 0 is not rotated
 
 
@@ -164,7 +170,8 @@ def test_every_param_has_a_partition_spec_on_mesh_axes(small_model):
       axes = axis if isinstance(axis, tuple) else (axis,)
       assert all(a is None or a in llama.MESH_AXES for a in axes), (path, spec)
   assert flat_specs[("lm_head", "kernel")].get_value() == PartitionSpec(
-      "fsdp", "tensor")
+    "fsdp", "tensor"
+  )
   down_proj = flat_specs[("layers", 0, "mlp", "down_proj", "kernel")]
   assert down_proj.get_value() == PartitionSpec("tensor", "fsdp")
   assert flat_specs[("norm", "scale")].get_value() == PartitionSpec(None)
@@ -183,7 +190,8 @@ def test_specs_for_a_mesh_replicate_dimensions_the_mesh_does_not_divide(mesh):
 
 
 def test_sharded_model_places_params_by_spec_and_matches_unsharded(
-    mesh, small_model):
+  mesh, small_model
+):
   model = llama.create_sharded_model(SMALL, mesh, seed=0)
   specs = dict(nnx.to_flat_state(llama.param_partition_specs(model)))
   reference = dict(nnx.to_flat_state(nnx.state(small_model)))
@@ -198,15 +206,15 @@ def test_sharded_model_places_params_by_spec_and_matches_unsharded(
   expected = _forward(small_model, tokens)
   with jax.set_mesh(mesh):
     logits = _forward(model, tokens)
-  assert logits.sharding.spec == PartitionSpec(("data", "fsdp"), None,
-                                               "tensor")
+  assert logits.sharding.spec == PartitionSpec(("data", "fsdp"), None, "tensor")
   np.testing.assert_allclose(logits, expected, atol=2e-2, rtol=2e-2)
 
 
 def test_sharded_model_builds_and_runs_inside_a_one_device_mesh():
   auto = (jax.sharding.AxisType.Auto,) * 3
-  mesh = jax.make_mesh((1, 1, 1), llama.MESH_AXES, axis_types=auto,
-                       devices=jax.devices()[:1])
+  mesh = jax.make_mesh(
+    (1, 1, 1), llama.MESH_AXES, axis_types=auto, devices=jax.devices()[:1]
+  )
   config = llama.get_config("tiny", n_layers=1, max_seq_len=8)
   with jax.set_mesh(mesh):
     model = llama.create_sharded_model(config, mesh, seed=0)

@@ -1,7 +1,6 @@
 """Each normalizer against its definition, on random float64-checked inputs."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,13 +16,17 @@ def _rand(shape, seed=0):
 @pytest.mark.parametrize("shape", [(8, 32), (32, 8), (5, 5)])
 def test_row_l2_sets_every_row_norm_to_sqrt_n(shape):
   out = np.asarray(mo.row_l2(jnp.asarray(_rand(shape))), np.float64)
-  np.testing.assert_allclose(np.linalg.norm(out, axis=1), np.sqrt(shape[1]), rtol=1e-6)
+  np.testing.assert_allclose(
+    np.linalg.norm(out, axis=1), np.sqrt(shape[1]), rtol=1e-6
+  )
 
 
 @pytest.mark.parametrize("shape", [(8, 32), (32, 8)])
 def test_col_l2_sets_every_column_norm_to_sqrt_m(shape):
   out = np.asarray(mo.col_l2(jnp.asarray(_rand(shape))), np.float64)
-  np.testing.assert_allclose(np.linalg.norm(out, axis=0), np.sqrt(shape[0]), rtol=1e-6)
+  np.testing.assert_allclose(
+    np.linalg.norm(out, axis=0), np.sqrt(shape[0]), rtol=1e-6
+  )
 
 
 def test_row_standardize_gives_zero_mean_unit_std_rows():
@@ -38,7 +41,9 @@ def test_row_standardize_gives_zero_mean_unit_std_rows():
 def test_whiten_gives_unit_singular_values_and_matches_polar_factor(shape):
   g = _rand(shape, seed=1)
   out = np.asarray(mo.whiten(jnp.asarray(g)), np.float64)
-  np.testing.assert_allclose(np.linalg.svd(out, compute_uv=False), 1.0, atol=2e-3)
+  np.testing.assert_allclose(
+    np.linalg.svd(out, compute_uv=False), 1.0, atol=2e-3
+  )
   np.testing.assert_allclose(out, reference.grad_whitening(g), atol=2e-3)
 
 
@@ -60,7 +65,8 @@ def test_sign_is_elementwise_sign():
 
 
 @pytest.mark.parametrize(
-    "normalize", [mo.row_l2, mo.col_l2, mo.row_standardize, mo.whiten, mo.rms, mo.sign]
+  "normalize",
+  [mo.row_l2, mo.col_l2, mo.row_standardize, mo.whiten, mo.rms, mo.sign],
 )
 def test_normalizers_keep_zero_and_handle_batch_axes(normalize):
   zero = jnp.zeros((2, 4, 6))
@@ -70,10 +76,14 @@ def test_normalizers_keep_zero_and_handle_batch_axes(normalize):
   chex.assert_trees_all_close(batched[1], normalize(g[1]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("normalize", [mo.row_l2, mo.col_l2, mo.row_standardize, mo.rms])
+@pytest.mark.parametrize(
+  "normalize", [mo.row_l2, mo.col_l2, mo.row_standardize, mo.rms]
+)
 def test_normalizers_compute_in_float32_and_keep_bf16_dtype(normalize):
   g = jnp.asarray(_rand((16, 32))).astype(jnp.bfloat16)
   out = normalize(g)
   chex.assert_type(out, jnp.bfloat16)
   expected = normalize(g.astype(jnp.float32))
-  chex.assert_trees_all_close(out.astype(jnp.float32), expected, rtol=1e-2, atol=1e-2)
+  chex.assert_trees_all_close(
+    out.astype(jnp.float32), expected, rtol=1e-2, atol=1e-2
+  )

@@ -16,17 +16,23 @@ AXIS_TYPES = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}
 
 
 def _mesh(kind):
-  return jax.make_mesh((4, 2), ("fsdp", "tensor"), axis_types=(AXIS_TYPES[kind],) * 2)
+  return jax.make_mesh(
+    (4, 2), ("fsdp", "tensor"), axis_types=(AXIS_TYPES[kind],) * 2
+  )
 
 
 def _grads(mesh):
   rng = np.random.default_rng(0)
   host = {
-      "up": rng.standard_normal((64, 32)).astype(np.float32),  # (in, out)
-      "stacked": rng.standard_normal((2, 64, 32)).astype(np.float32),  # (layers, in, out)
+    "up": rng.standard_normal((64, 32)).astype(np.float32),  # (in, out)
+    "stacked": rng.standard_normal((2, 64, 32)).astype(
+      np.float32
+    ),  # (layers, in, out)
   }
   specs = {"up": P("fsdp", "tensor"), "stacked": P(None, "fsdp", "tensor")}
-  sharded = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host.items()}
+  sharded = {
+    k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host.items()
+  }
   return host, sharded, specs
 
 
@@ -35,14 +41,20 @@ def _all_gather_sizes(hlo: str):
   sizes = []
   for line in hlo.splitlines():
     if re.search(r"\ball-gather(-start)?\(", line):
-      for dims in re.findall(r"\[([\d,]*)\]", line.split("=", 1)[1].split("all-gather")[0]):
-        sizes.append(int(np.prod([int(d) for d in dims.split(",") if d] or [1])))
+      for dims in re.findall(
+        r"\[([\d,]*)\]", line.split("=", 1)[1].split("all-gather")[0]
+      ):
+        sizes.append(
+          int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
+        )
   return sizes
 
 
 @pytest.mark.parametrize("impl", ["fused", "reference"])
 @pytest.mark.parametrize("kind", ["explicit", "auto"])
-def test_sinkgd_keeps_sharding_matches_unsharded_and_only_reduces_vectors(kind, impl):
+def test_sinkgd_keeps_sharding_matches_unsharded_and_only_reduces_vectors(
+  kind, impl
+):
   mesh = _mesh(kind)
   host, sharded, specs = _grads(mesh)
   tx = mo.scale_by_sinkgd(5, impl=impl)
@@ -52,11 +64,15 @@ def test_sinkgd_keeps_sharding_matches_unsharded_and_only_reduces_vectors(kind, 
     hlo = update.lower(sharded).compile().as_text()
   for k in host:
     assert out[k].sharding.spec == specs[k], (k, out[k].sharding)
-  chex.assert_trees_all_close(out, jax.jit(lambda g: tx.update(g, None)[0])(host), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(
+    out, jax.jit(lambda g: tx.update(g, None)[0])(host), rtol=1e-5, atol=1e-6
+  )
   # Only row/column norm vectors cross devices: all-reduces, never a gathered matrix.
   assert "all-reduce" in hlo
   local_shard = 64 * 32 // 8
-  assert all(size < local_shard for size in _all_gather_sizes(hlo)), _all_gather_sizes(hlo)
+  assert all(size < local_shard for size in _all_gather_sizes(hlo)), (
+    _all_gather_sizes(hlo)
+  )
 
 
 @pytest.mark.parametrize("kind", ["explicit", "auto"])
@@ -66,14 +82,18 @@ def test_swan_whitening_runs_on_sharded_matrices_and_keeps_sharding(kind):
   tx = mo.scale_by_swan()
   with jax.set_mesh(mesh):
     out = jax.jit(lambda g: tx.update(g, None)[0])(sharded)
-  chex.assert_trees_all_close(out, jax.jit(lambda g: tx.update(g, None)[0])(host), rtol=1e-4, atol=1e-4)
+  chex.assert_trees_all_close(
+    out, jax.jit(lambda g: tx.update(g, None)[0])(host), rtol=1e-4, atol=1e-4
+  )
   if kind == "explicit":  # the type carries the sharding, and whiten pins it
     for k in host:
       assert out[k].sharding.spec == specs[k], (k, out[k].sharding)
   else:  # under Auto axes the caller's jit decides, e.g. by out_shardings
     shardings = {k: NamedSharding(mesh, specs[k]) for k in specs}
     with jax.set_mesh(mesh):
-      out = jax.jit(lambda g: tx.update(g, None)[0], out_shardings=shardings)(sharded)
+      out = jax.jit(lambda g: tx.update(g, None)[0], out_shardings=shardings)(
+        sharded
+      )
     for k in host:
       assert out[k].sharding.spec == specs[k], (k, out[k].sharding)
 

@@ -19,10 +19,9 @@ import sysconfig
 import jax
 import numpy as np
 import pytest
-
-import train
 from flax import nnx
 
+import train
 from models.llama import Llama, get_config, param_partition_specs
 from pretrain import mesh as meshlib
 from pretrain.checkpoint import complete_steps
@@ -33,217 +32,339 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(sysconfig.get_paths()["stdlib"], "json")
 STEPS = 6
 # 6 steps of 8 x 32 tokens; no evaluation unless a test asks for it.
-SMALL = ["--data", DATA, "--steps", str(STEPS), "--batch-size", "8", "--seq-len", "32",
-         "--eval-batches", "0", "--log-every", "1", "--no-progress"]
+SMALL = [
+  "--data",
+  DATA,
+  "--steps",
+  str(STEPS),
+  "--batch-size",
+  "8",
+  "--seq-len",
+  "32",
+  "--eval-batches",
+  "0",
+  "--log-every",
+  "1",
+  "--no-progress",
+]
 
 
 def run(tmp, *flags):
-    """train.train in this process; returns its summary."""
-    return train.train(train.parse_args(SMALL + ["--run-dir", str(tmp), *flags]))
+  """train.train in this process; returns its summary."""
+  return train.train(train.parse_args(SMALL + ["--run-dir", str(tmp), *flags]))
 
 
 def losses(summary):
-    return np.array([h["loss"] for h in summary["history"]])
+  return np.array([h["loss"] for h in summary["history"]])
 
 
 def snapshot(directory):
-    """Every file under `directory` with its size and mtime: to see that nothing moved."""
-    found = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            st = os.stat(os.path.join(root, name))
-            found[os.path.relpath(os.path.join(root, name), directory)] = (
-                st.st_size, st.st_mtime_ns)
-    return found
+  """Every file under `directory` with its size and mtime: to see that nothing moved."""
+  found = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      st = os.stat(os.path.join(root, name))
+      found[os.path.relpath(os.path.join(root, name), directory)] = (
+        st.st_size,
+        st.st_mtime_ns,
+      )
+  return found
 
 
 def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+  with open(path) as f:
+    return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")
 def single_device(tmp_path_factory):
-    return run(tmp_path_factory.mktemp("one"), "--devices", "1", "--ckpt-every", "0")
+  return run(
+    tmp_path_factory.mktemp("one"), "--devices", "1", "--ckpt-every", "0"
+  )
 
 
 @pytest.fixture(scope="module")
 def fsdp8(tmp_path_factory):
-    """fsdp=8 with checkpoints at steps 3 and 6, an eval at 3 and 6, and metrics."""
-    tmp = tmp_path_factory.mktemp("fsdp8")
-    summary = run(tmp, "--mesh", "fsdp=8", "--ckpt-every", "3", "--keep", "0",
-                  "--eval-batches", "1", "--eval-every", "3")
-    return summary, tmp
+  """fsdp=8 with checkpoints at steps 3 and 6, an eval at 3 and 6, and metrics."""
+  tmp = tmp_path_factory.mktemp("fsdp8")
+  summary = run(
+    tmp,
+    "--mesh",
+    "fsdp=8",
+    "--ckpt-every",
+    "3",
+    "--keep",
+    "0",
+    "--eval-batches",
+    "1",
+    "--eval-every",
+    "3",
+  )
+  return summary, tmp
 
 
 @pytest.fixture(scope="module")
 def fsdp4_tensor2(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fsdp4_tensor2")
-    return run(tmp, "--mesh", "fsdp=4,tensor=2", "--ckpt-every", "3", "--keep", "0"), tmp
+  tmp = tmp_path_factory.mktemp("fsdp4_tensor2")
+  return run(
+    tmp, "--mesh", "fsdp=4,tensor=2", "--ckpt-every", "3", "--keep", "0"
+  ), tmp
 
 
 def resume_from_step3(saved_tmp, new_tmp, *flags):
-    """Copies a run dir, drops its last checkpoint (as if killed after step 3's save),
-    leaves the debris of an interrupted save, and resumes it."""
-    shutil.copytree(saved_tmp, new_tmp)
-    ckpt = os.path.join(new_tmp, "ckpt")
-    shutil.rmtree(os.path.join(ckpt, str(STEPS)))
-    os.makedirs(os.path.join(ckpt, f"{STEPS}.orbax-checkpoint-tmp-1234", "state"))
-    os.makedirs(os.path.join(ckpt, "5", "state"))  # no commit_success.txt: unfinished
-    return run(new_tmp, "--ckpt-every", "3", "--keep", "0", "--resume", *flags)
+  """Copies a run dir, drops its last checkpoint (as if killed after step 3's save),
+  leaves the debris of an interrupted save, and resumes it."""
+  shutil.copytree(saved_tmp, new_tmp)
+  ckpt = os.path.join(new_tmp, "ckpt")
+  shutil.rmtree(os.path.join(ckpt, str(STEPS)))
+  os.makedirs(os.path.join(ckpt, f"{STEPS}.orbax-checkpoint-tmp-1234", "state"))
+  os.makedirs(
+    os.path.join(ckpt, "5", "state")
+  )  # no commit_success.txt: unfinished
+  return run(new_tmp, "--ckpt-every", "3", "--keep", "0", "--resume", *flags)
 
 
 # ------------------------------------------------------------------ the command
 
 
 def test_python_train_py_runs_and_writes_metrics_and_checkpoints(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train.py"), "--steps", "4", "--batch-size", "8",
-         "--seq-len", "32", "--eval-every", "2", "--eval-batches", "1", "--ckpt-every", "2",
-         "--keep", "1", "--log-every", "1", "--run-dir", str(tmp_path / "run")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "done: 4 steps" in proc.stdout and "val loss" in proc.stdout
-    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    train_steps = [r["step"] for r in records if r["kind"] == "train"]
-    assert train_steps == [0, 1, 2, 3]
-    assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
-    assert all(np.isfinite(r["loss"]) and r["tokens_per_s"] > 0
-               for r in records if r["kind"] == "train")
-    assert complete_steps(tmp_path / "run" / "ckpt") == [4]  # --keep 1
+  proc = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, "train.py"),
+      "--steps",
+      "4",
+      "--batch-size",
+      "8",
+      "--seq-len",
+      "32",
+      "--eval-every",
+      "2",
+      "--eval-batches",
+      "1",
+      "--ckpt-every",
+      "2",
+      "--keep",
+      "1",
+      "--log-every",
+      "1",
+      "--run-dir",
+      str(tmp_path / "run"),
+    ],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "done: 4 steps" in proc.stdout and "val loss" in proc.stdout
+  records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+  train_steps = [r["step"] for r in records if r["kind"] == "train"]
+  assert train_steps == [0, 1, 2, 3]
+  assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
+  assert all(
+    np.isfinite(r["loss"]) and r["tokens_per_s"] > 0
+    for r in records
+    if r["kind"] == "train"
+  )
+  assert complete_steps(tmp_path / "run" / "ckpt") == [4]  # --keep 1
 
 
 @pytest.fixture(scope="module")
 def sharded_tiny():
-    """The tiny model's params as shape/sharding stand-ins on a 4 x 2 fsdp/tensor mesh."""
-    args = train.parse_args(["--mesh", "fsdp=4,tensor=2"])
-    config = train.model_config(args, load_tokenizer(None))
-    mesh = train.build_mesh(args, config)
-    abstract = nnx.state(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))), nnx.Param)
-    params = jax.tree.map(
-        lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                             sharding=jax.NamedSharding(mesh, spec)),
-        nnx.to_pure_dict(abstract), nnx.to_pure_dict(param_partition_specs(abstract)),
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    return params, mesh
+  """The tiny model's params as shape/sharding stand-ins on a 4 x 2 fsdp/tensor mesh."""
+  args = train.parse_args(["--mesh", "fsdp=4,tensor=2"])
+  config = train.model_config(args, load_tokenizer(None))
+  mesh = train.build_mesh(args, config)
+  abstract = nnx.state(
+    nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))), nnx.Param
+  )
+  params = jax.tree.map(
+    lambda x, spec: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=jax.NamedSharding(mesh, spec)
+    ),
+    nnx.to_pure_dict(abstract),
+    nnx.to_pure_dict(param_partition_specs(abstract)),
+    is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+  )
+  return params, mesh
 
 
 @pytest.mark.parametrize("name", train.OPTIMIZERS)
-def test_every_optimizer_builds_and_shards_its_state_like_the_params(name, sharded_tiny):
-    params, mesh = sharded_tiny
-    args = train.parse_args(["--optimizer", name])
-    tx = train.build_optimizer(name, train.make_schedule(0.01, 10), args)
-    # Traced, not compiled: every optimizer accepts the model's tree.
-    opt_state = jax.eval_shape(tx.init, params)
-    jax.eval_shape(tx.update, params, opt_state, params)
-    # Adam moments and momenta are split like their parameter.
-    shardings = meshlib.shardings_like_params(opt_state, params, meshlib.replicated(mesh))
-    q = ("layers", 0, "attn", "q_proj", "kernel")
-    spec = params["layers"][0]["attn"]["q_proj"]["kernel"].sharding.spec
-    assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    copies = []
-    for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(opt_state),
-                                      jax.tree.leaves(shardings)):
-        keys = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", None)))
-                     for k in path)
-        if keys[-len(q):] == q and leaf.shape == (128, 128):
-            copies.append(keys)
-            assert sharding.spec == spec, keys
-    # sinkgd, swan and sgd keep no state for hidden matrices; adafactor factors it.
-    assert len(copies) == {"adamw": 2, "muon": 1}.get(name, 0), copies
+def test_every_optimizer_builds_and_shards_its_state_like_the_params(
+  name, sharded_tiny
+):
+  params, mesh = sharded_tiny
+  args = train.parse_args(["--optimizer", name])
+  tx = train.build_optimizer(name, train.make_schedule(0.01, 10), args)
+  # Traced, not compiled: every optimizer accepts the model's tree.
+  opt_state = jax.eval_shape(tx.init, params)
+  jax.eval_shape(tx.update, params, opt_state, params)
+  # Adam moments and momenta are split like their parameter.
+  shardings = meshlib.shardings_like_params(
+    opt_state, params, meshlib.replicated(mesh)
+  )
+  q = ("layers", 0, "attn", "q_proj", "kernel")
+  spec = params["layers"][0]["attn"]["q_proj"]["kernel"].sharding.spec
+  assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  copies = []
+  for (path, leaf), sharding in zip(
+    jax.tree_util.tree_leaves_with_path(opt_state), jax.tree.leaves(shardings)
+  ):
+    keys = tuple(
+      getattr(k, "key", getattr(k, "idx", getattr(k, "name", None)))
+      for k in path
+    )
+    if keys[-len(q) :] == q and leaf.shape == (128, 128):
+      copies.append(keys)
+      assert sharding.spec == spec, keys
+  # sinkgd, swan and sgd keep no state for hidden matrices; adafactor factors it.
+  assert len(copies) == {"adamw": 2, "muon": 1}.get(name, 0), copies
 
 
 def test_mesh_that_does_not_divide_a_parameter_is_refused():
-    args = train.parse_args(["--mesh", "tensor=8"])
-    config = get_config("tiny", d_ff=100)
-    with pytest.raises(ValueError, match=r"layers\.0\.mlp\.\w+_proj\.kernel \((128, 100|100, 128)\).*tensor = 8"):
-        train.build_mesh(args, config)
+  args = train.parse_args(["--mesh", "tensor=8"])
+  config = get_config("tiny", d_ff=100)
+  with pytest.raises(
+    ValueError,
+    match=r"layers\.0\.mlp\.\w+_proj\.kernel \((128, 100|100, 128)\).*tensor = 8",
+  ):
+    train.build_mesh(args, config)
 
 
 # ------------------------------------------------------------------ meshes
 
 
 @pytest.mark.parametrize("name", ["fsdp8", "data2_fsdp2_tensor2"])
-def test_sharded_run_matches_single_device(name, single_device, fsdp8, tmp_path):
-    if name == "fsdp8":
-        sharded = fsdp8[0]
-    else:
-        sharded = run(tmp_path, "--mesh", "data=2,fsdp=2,tensor=2", "--ckpt-every", "0")
-    assert sharded["mesh"] != single_device["mesh"]
-    np.testing.assert_allclose(losses(sharded), losses(single_device), rtol=1e-5, atol=1e-5)
-    assert losses(single_device)[-1] < losses(single_device)[0] - 1.0
+def test_sharded_run_matches_single_device(
+  name, single_device, fsdp8, tmp_path
+):
+  if name == "fsdp8":
+    sharded = fsdp8[0]
+  else:
+    sharded = run(
+      tmp_path, "--mesh", "data=2,fsdp=2,tensor=2", "--ckpt-every", "0"
+    )
+  assert sharded["mesh"] != single_device["mesh"]
+  np.testing.assert_allclose(
+    losses(sharded), losses(single_device), rtol=1e-5, atol=1e-5
+  )
+  assert losses(single_device)[-1] < losses(single_device)[0] - 1.0
 
 
 def test_training_reduces_validation_loss(fsdp8):
-    summary, tmp = fsdp8
-    assert [e["step"] for e in summary["evals"]] == [3, 6]
-    assert summary["final_val_loss"] < np.log(256) - 1.0
-    assert summary["final_val_ppl"] == pytest.approx(np.exp(summary["final_val_loss"]))
+  summary, tmp = fsdp8
+  assert [e["step"] for e in summary["evals"]] == [3, 6]
+  assert summary["final_val_loss"] < np.log(256) - 1.0
+  assert summary["final_val_ppl"] == pytest.approx(
+    np.exp(summary["final_val_loss"])
+  )
 
 
 # ------------------------------------------------------------------ checkpoints
 
 
 def test_resume_after_interruption_is_bitwise_identical(fsdp8, tmp_path):
-    uninterrupted, saved = fsdp8
-    resumed = resume_from_step3(saved, tmp_path / "run", "--mesh", "fsdp=8",
-                                "--eval-batches", "1", "--eval-every", "3")
-    assert resumed["start_step"] == 3
-    assert [h["step"] for h in resumed["history"]] == [3, 4, 5]
-    np.testing.assert_array_equal(losses(resumed), losses(uninterrupted)[3:])
-    assert resumed["final_val_loss"] == uninterrupted["final_val_loss"]
-    # The unfinished saves were moved aside (never deleted); the run saved its own last step.
-    ckpt = tmp_path / "run" / "ckpt"
-    assert sorted(os.listdir(ckpt)) == ["3", "6"]
-    assert complete_steps(ckpt) == [3, 6]
-    assert sorted(os.listdir(tmp_path / "run" / "ckpt.unfinished")) == [
-        "5", f"{STEPS}.orbax-checkpoint-tmp-1234"]
-    # The metrics file reads as one run: steps 3..5 replayed, not duplicated.
-    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(STEPS))
-    assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
+  uninterrupted, saved = fsdp8
+  resumed = resume_from_step3(
+    saved,
+    tmp_path / "run",
+    "--mesh",
+    "fsdp=8",
+    "--eval-batches",
+    "1",
+    "--eval-every",
+    "3",
+  )
+  assert resumed["start_step"] == 3
+  assert [h["step"] for h in resumed["history"]] == [3, 4, 5]
+  np.testing.assert_array_equal(losses(resumed), losses(uninterrupted)[3:])
+  assert resumed["final_val_loss"] == uninterrupted["final_val_loss"]
+  # The unfinished saves were moved aside (never deleted); the run saved its own last step.
+  ckpt = tmp_path / "run" / "ckpt"
+  assert sorted(os.listdir(ckpt)) == ["3", "6"]
+  assert complete_steps(ckpt) == [3, 6]
+  assert sorted(os.listdir(tmp_path / "run" / "ckpt.unfinished")) == [
+    "5",
+    f"{STEPS}.orbax-checkpoint-tmp-1234",
+  ]
+  # The metrics file reads as one run: steps 3..5 replayed, not duplicated.
+  records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+  assert [r["step"] for r in records if r["kind"] == "train"] == list(
+    range(STEPS)
+  )
+  assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
 
 
 def test_checkpoint_restores_onto_a_different_mesh(fsdp4_tensor2, tmp_path):
-    saved_summary, saved = fsdp4_tensor2
-    resumed = resume_from_step3(saved, tmp_path / "run", "--mesh", "fsdp=2,tensor=4")
-    assert resumed["mesh"] == {"data": 1, "fsdp": 2, "tensor": 4}
-    np.testing.assert_allclose(losses(resumed), losses(saved_summary)[3:], rtol=1e-5, atol=1e-5)
+  saved_summary, saved = fsdp4_tensor2
+  resumed = resume_from_step3(
+    saved, tmp_path / "run", "--mesh", "fsdp=2,tensor=4"
+  )
+  assert resumed["mesh"] == {"data": 1, "fsdp": 2, "tensor": 4}
+  np.testing.assert_allclose(
+    losses(resumed), losses(saved_summary)[3:], rtol=1e-5, atol=1e-5
+  )
 
 
 # ------------------------------------------------------------------ multi-process
 
 
 def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
-    flags = SMALL + ["--mesh", "data=2,fsdp=2", "--ckpt-every", "3"]
-    address = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "train.py"), *flags, "--cpu-devices", "2",
-             "--run-dir", str(tmp_path / "multi"), "--coordinator", address,
-             "--num-processes", "2", "--process-id", str(i)],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-    reference = run(tmp_path / "single", "--devices", "4", "--mesh", "data=2,fsdp=2",
-                    "--ckpt-every", "0")
-    outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-2000:]
-    # Only process 0 reports (gloo prints its own connection notices from every process).
-    assert "model tiny" in outputs[0][0] and "done:" in outputs[0][0]
-    assert "model tiny" not in outputs[1][0] and "done:" not in outputs[1][0]
-    records = read_jsonl(tmp_path / "multi" / "metrics.jsonl")
-    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(STEPS))
-    multi = np.array([r["loss"] for r in records if r["kind"] == "train"])
-    np.testing.assert_allclose(multi, losses(reference), rtol=1e-5, atol=1e-5)
-    assert complete_steps(tmp_path / "multi" / "ckpt") == [3, 6]
+  flags = SMALL + ["--mesh", "data=2,fsdp=2", "--ckpt-every", "3"]
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        os.path.join(REPO, "train.py"),
+        *flags,
+        "--cpu-devices",
+        "2",
+        "--run-dir",
+        str(tmp_path / "multi"),
+        "--coordinator",
+        address,
+        "--num-processes",
+        "2",
+        "--process-id",
+        str(i),
+      ],
+      cwd=tmp_path,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  reference = run(
+    tmp_path / "single",
+    "--devices",
+    "4",
+    "--mesh",
+    "data=2,fsdp=2",
+    "--ckpt-every",
+    "0",
+  )
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_out, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-2000:]
+  # Only process 0 reports (gloo prints its own connection notices from every process).
+  assert "model tiny" in outputs[0][0] and "done:" in outputs[0][0]
+  assert "model tiny" not in outputs[1][0] and "done:" not in outputs[1][0]
+  records = read_jsonl(tmp_path / "multi" / "metrics.jsonl")
+  assert [r["step"] for r in records if r["kind"] == "train"] == list(
+    range(STEPS)
+  )
+  multi = np.array([r["loss"] for r in records if r["kind"] == "train"])
+  np.testing.assert_allclose(multi, losses(reference), rtol=1e-5, atol=1e-5)
+  assert complete_steps(tmp_path / "multi" / "ckpt") == [3, 6]
 
 
 # ------------------------------------------------------------------ bad input
@@ -251,50 +372,75 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_text(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("texts")
-    (tmp / "short.txt").write_text("hello world\n" * 3)
-    (tmp / "empty.txt").write_text("")
-    (tmp / "nothing").mkdir()
-    return tmp
+  tmp = tmp_path_factory.mktemp("texts")
+  (tmp / "short.txt").write_text("hello world\n" * 3)
+  (tmp / "empty.txt").write_text("")
+  (tmp / "nothing").mkdir()
+  return tmp
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (["--model", "nope"], "unknown model 'nope'"),
     (["--optimizer", "nope"], "invalid choice: 'nope'"),
     (["--mesh", "data=two"], "size must be an integer"),
     (["--mesh", "data=2,fsdp=2,tensor=1"], "holds 4 devices but 8 are in use"),
     (["--mesh", "data=3"], "do not divide the 8 devices"),
-    (["--mesh", "fsdp=8", "--batch-size", "4"], "does not divide over data x fsdp = 8"),
+    (
+      ["--mesh", "fsdp=8", "--batch-size", "4"],
+      "does not divide over data x fsdp = 8",
+    ),
     (["--data", "{texts}/missing.txt"], "data not found"),
     (["--data", "{texts}/empty.txt"], "is empty"),
     (["--data", "{texts}/nothing"], "has no text files"),
     (["--seq-len", "100000"], "longer than model tiny's context of 256 tokens"),
-    (["--data", "{texts}/short.txt", "--seq-len", "64"], "longer than the training data"),
+    (
+      ["--data", "{texts}/short.txt", "--seq-len", "64"],
+      "longer than the training data",
+    ),
     (["--model", "60m"], "holds a run with a different model"),
     ([], "already holds checkpoints up to step 6; pass --resume"),
-])
+  ],
+)
 def test_bad_input_is_one_line_error_and_leaves_checkpoints(
-        flags, message, fsdp8, tiny_text, capsys):
-    ckpt = fsdp8[1] / "ckpt"
-    before = snapshot(ckpt)
-    flags = [f.format(texts=tiny_text) for f in flags]
-    if "already holds" not in message:
-        # --resume: past the bad input, the run would go on and write to the checkpoints.
-        flags.append("--resume")
-    code = train.main(SMALL + ["--ckpt-dir", str(ckpt), "--metrics", "none"] + flags)
-    err = capsys.readouterr().err
-    assert code != 0
-    assert err.startswith("train.py: error: ") and err.count("\n") == 1, err
-    assert message in err
-    assert snapshot(ckpt) == before
+  flags, message, fsdp8, tiny_text, capsys
+):
+  ckpt = fsdp8[1] / "ckpt"
+  before = snapshot(ckpt)
+  flags = [f.format(texts=tiny_text) for f in flags]
+  if "already holds" not in message:
+    # --resume: past the bad input, the run would go on and write to the checkpoints.
+    flags.append("--resume")
+  code = train.main(
+    SMALL + ["--ckpt-dir", str(ckpt), "--metrics", "none"] + flags
+  )
+  err = capsys.readouterr().err
+  assert code != 0
+  assert err.startswith("train.py: error: ") and err.count("\n") == 1, err
+  assert message in err
+  assert snapshot(ckpt) == before
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    code = train.main(SMALL + ["--run-dir", str(tmp_path), "--ckpt-every", "2",
-                               "--inject-nan-at", "4", "--optimizer", "sgd"])
-    err = capsys.readouterr().err
-    assert code == 3
-    assert err.count("\n") == 1 and "loss is nan" in err and "at step 4" in err
-    assert f"Last good checkpoint: {tmp_path / 'ckpt' / '4'}" in err
-    assert complete_steps(tmp_path / "ckpt") == [2, 4]
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["2", "4"]
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+  tmp_path, capsys
+):
+  code = train.main(
+    SMALL
+    + [
+      "--run-dir",
+      str(tmp_path),
+      "--ckpt-every",
+      "2",
+      "--inject-nan-at",
+      "4",
+      "--optimizer",
+      "sgd",
+    ]
+  )
+  err = capsys.readouterr().err
+  assert code == 3
+  assert err.count("\n") == 1 and "loss is nan" in err and "at step 4" in err
+  assert f"Last good checkpoint: {tmp_path / 'ckpt' / '4'}" in err
+  assert complete_steps(tmp_path / "ckpt") == [2, 4]
+  assert sorted(os.listdir(tmp_path / "ckpt")) == ["2", "4"]
