@@ -30,6 +30,17 @@ def default_param_labels(params) -> Any:
   bias``, or equal to one of ``head, wte, wpe, output, logits, scale,
   classifier`` (case-insensitive). Everything else with two or more axes is a
   hidden matrix.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from multinorm_optax import default_param_labels
+    >>> params = {
+    ...     "embed": jnp.zeros((10, 4)),
+    ...     "mlp": {"kernel": jnp.zeros((4, 8)), "bias": jnp.zeros(8)},
+    ...     "norm": {"scale": jnp.ones(4)},
+    ... }
+    >>> print(default_param_labels(params))
+    {'embed': 'adam', 'mlp': {'bias': 'adam', 'kernel': 'multinorm'}, 'norm': {'scale': 'adam'}}
   """
 
   def label(path, leaf) -> str:
@@ -123,6 +134,27 @@ def sinkgd(
   Returns:
     An ``optax.GradientTransformation``; its only state is AdamW's for the
     ``'adam'`` leaves and step counts.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from multinorm_optax import sinkgd
+    >>> params = {"kernel": jnp.ones((6, 4)), "bias": jnp.zeros(4)}
+    >>> grads = {
+    ...     "kernel": jax.random.normal(jax.random.key(0), (6, 4)),
+    ...     "bias": jnp.ones(4),
+    ... }
+    >>> opt = sinkgd(learning_rate=1e-2)
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> # The matrix moved by alpha * lr = 5e-4 per entry in RMS.
+    >>> print(round(float(jnp.sqrt(jnp.mean(updates["kernel"] ** 2))), 6))
+    0.0005
+    >>> # The vector got AdamW, whose first step is -lr * sign(g).
+    >>> print(bool(jnp.allclose(updates["bias"], -1e-2, rtol=1e-4)))
+    True
   """
   return multinorm_recipe(
     mn.scale_by_sinkgd(
@@ -160,6 +192,20 @@ def swan(
   Hidden matrices: ``W <- W - alpha * eta * (swan(G) + lambda W)`` with
   :func:`scale_by_swan` (GradNorm, then GradWhitening by ``ns_steps``
   Newton-Schulz steps, rescaled to RMS 1 when ``rescale``); the rest AdamW.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from multinorm_optax import swan
+    >>> params = {"kernel": jnp.ones((6, 4)), "bias": jnp.zeros(4)}
+    >>> grads = {
+    ...     "kernel": jax.random.normal(jax.random.key(0), (6, 4)),
+    ...     "bias": jnp.ones(4),
+    ... }
+    >>> opt = swan(learning_rate=1e-2)
+    >>> updates, _ = opt.update(grads, opt.init(params), params)
+    >>> print(round(float(jnp.sqrt(jnp.mean(updates["kernel"] ** 2))), 6))
+    0.0005
   """
   return multinorm_recipe(
     mn.scale_by_swan(

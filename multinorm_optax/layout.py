@@ -32,6 +32,18 @@ class DimensionNumbers(NamedTuple):
   - attention output ``(heads, head_dim, d_model)``: ``DimensionNumbers((0, 1), 2)``;
   - conv kernel ``(h, w, in, out)``: ``DimensionNumbers((0, 1, 2), 3)``;
   - a PyTorch-style ``(out, in)`` matrix: ``DimensionNumbers(1, 0)``.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import multinorm_optax as mno
+    >>> g = jax.random.normal(jax.random.key(0), (6, 4))  # Flax (in, out)
+    >>> flax_tx = mno.scale_by_sinkgd()
+    >>> torch_tx = mno.scale_by_sinkgd(dimension_numbers=mno.DimensionNumbers(1, 0))
+    >>> u, _ = flax_tx.update(g, flax_tx.init(g))
+    >>> u_t, _ = torch_tx.update(g.T, torch_tx.init(g.T))  # (out, in)
+    >>> print(bool(jnp.allclose(u_t, u.T)))
+    True
   """
 
   reduction_axis: Axes = 0

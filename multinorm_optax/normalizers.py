@@ -45,6 +45,17 @@ def row_l2(g: Array) -> Array:
   .. math:: P(G)_{i,:} = \sqrt{n}\, G_{i,:} / \lVert G_{i,:} \rVert_2
 
   The projection onto ``{X : ||X_{i,:}||_2 = sqrt(n) for all i}``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from multinorm_optax import row_l2
+    >>> g = jnp.array([[3.0, 4.0], [1.0, 0.0]])
+    >>> print(np.asarray(row_l2(g), float).round(4))
+    [[0.8485 1.1314]
+     [1.4142 0.    ]]
+    >>> print(np.linalg.norm(np.asarray(row_l2(g), float), axis=-1).round(4))
+    [1.4142 1.4142]
   """
   x = _f32(g)
   n = x.shape[-1]
@@ -56,6 +67,15 @@ def col_l2(g: Array) -> Array:
   r"""Scales every column to l2 norm ``sqrt(m)``.
 
   .. math:: P(G)_{:,j} = \sqrt{m}\, G_{:,j} / \lVert G_{:,j} \rVert_2
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from multinorm_optax import col_l2
+    >>> g = jnp.array([[3.0, 4.0], [1.0, 0.0]])
+    >>> print(np.asarray(col_l2(g), float).round(4))
+    [[1.3416 1.4142]
+     [0.4472 0.    ]]
   """
   x = _f32(g)
   m = x.shape[-2]
@@ -71,6 +91,15 @@ def row_standardize(g: Array) -> Array:
      \sigma_i^2 = \tfrac1n \textstyle\sum_j (G_{ij} - \mu_i)^2
 
   A constant row (``sigma_i = 0``) has no direction and becomes zero.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from multinorm_optax import row_standardize
+    >>> g = jnp.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    >>> print(np.asarray(row_standardize(g), float).round(4))
+    [[-1.2247  0.      1.2247]
+     [ 0.      0.      0.    ]]
   """
   x = _f32(g)
   centered = x - jnp.mean(x, axis=-1, keepdims=True)
@@ -82,6 +111,13 @@ def rms(g: Array) -> Array:
   r"""Scales the whole matrix to root-mean-square 1 (Frobenius norm ``sqrt(mn)``).
 
   .. math:: P(G) = \sqrt{mn}\, G / \lVert G \rVert_F
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from multinorm_optax import rms
+    >>> g = jnp.array([[3.0, 4.0], [1.0, 0.0]])
+    >>> print(round(float(jnp.sqrt(jnp.mean(rms(g) ** 2))), 4))
+    1.0
   """
   x = _f32(g)
   m, n = x.shape[-2:]
@@ -93,6 +129,12 @@ def sign(g: Array) -> Array:
   r"""Elementwise sign: the projection onto the l-infinity sphere of radius 1.
 
   .. math:: P(G)_{ij} = \operatorname{sign}(G_{ij})
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from multinorm_optax import sign
+    >>> print(sign(jnp.array([[-2.0, 0.0, 0.5]])))
+    [[-1.  0.  1.]]
   """
   return jnp.sign(g)
 
@@ -124,6 +166,15 @@ def whiten(g: Array, *, ns_steps: int = 10) -> Array:
   The matrix products need the whole matrix; on a mesh with Explicit axes the
   computation runs with Auto axes (GSPMD chooses the collectives) and the result
   is returned with the input's sharding.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from multinorm_optax import whiten
+    >>> g = jax.random.normal(jax.random.key(0), (4, 8))
+    >>> w = whiten(g)  # the polar factor: orthonormal rows
+    >>> print(w.shape, bool(jnp.allclose(w @ w.T, jnp.eye(4), atol=1e-3)))
+    (4, 8) True
   """
   return _sharding.on_auto_axes(
     functools.partial(_whiten, ns_steps=ns_steps), g
