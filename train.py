@@ -103,8 +103,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--adam-lr",
     type=float,
     default=None,
-    help="sinkgd/swan/muon: peak lr of the AdamW group (embeddings, head, "
-    f"norms); default --lr, or {MUON_ADAM_LR:g} for muon",
+    help="sinkgd/swan/muon/adamw: peak lr of the AdamW group (embeddings, "
+    f"head, norms); default --lr, or {MUON_ADAM_LR:g} for muon; adamw with it "
+    "steps the hidden matrices at --lr and the rest at --adam-lr",
   )
   g.add_argument(
     "--alpha",
@@ -343,7 +344,9 @@ def build_optimizer(
   """The optimizer `name` stepping by `schedule`; hyperparameters from `args`.
 
   sinkgd, swan and muon normalize the hidden matrices (multinorm_optax's labels: 2-D
-  and not embed/lm_head/norm) and give everything else AdamW.
+  and not embed/lm_head/norm) and give everything else AdamW. adamw with
+  `args.adam_lr` splits the tree the same way: AdamW at lr on the hidden
+  matrices, AdamW at adam_lr on the rest.
   """
   wd = args.weight_decay
   adam_schedule = schedule
@@ -368,7 +371,16 @@ def build_optimizer(
       adam_learning_rate=adam_schedule,
     )
   if name == "adamw":
-    return optax.adamw(schedule, weight_decay=wd)
+    if args.adam_lr is None:
+      return optax.adamw(schedule, weight_decay=wd)
+    # The fair baseline for the recipes: their two groups, each with its own lr.
+    return optax.partition(
+      {
+        mo.alias.MATRIX: optax.adamw(schedule, weight_decay=wd),
+        mo.alias.ADAM: optax.adamw(adam_schedule, weight_decay=wd),
+      },
+      mo.default_param_labels,
+    )
   if name == "adafactor":
     return optax.adafactor(schedule, weight_decay_rate=wd or None)
   if name == "muon":

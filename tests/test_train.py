@@ -8,6 +8,7 @@ command as users type it and for the 2-process run.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import sysconfig
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -220,6 +222,56 @@ def test_every_optimizer_builds_and_shards_its_state_like_the_params(
       assert sharding.spec == spec, keys
   # sinkgd, swan and sgd keep no state for hidden matrices; adafactor factors it.
   assert len(copies) == {"adamw": 2, "muon": 1}.get(name, 0), copies
+
+
+def _three_adamw_steps(tx, params, grads):
+  state = tx.init(params)
+  for g in grads:  # step 0 has lr 0 (warmup), so take three
+    updates, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+def _leaf(tree, path):
+  return functools.reduce(lambda t, k: t[k], path, tree)
+
+
+def test_adamw_with_adam_lr_steps_matrices_at_lr_and_the_rest_at_adam_lr():
+  params = nnx.to_pure_dict(
+    nnx.state(Llama(get_config("tiny"), rngs=nnx.Rngs(0)), nnx.Param)
+  )
+  leaves, treedef = jax.tree.flatten(params)
+  grads = []
+  for i in range(3):
+    keys = jax.random.split(jax.random.key(i), len(leaves))
+    grads.append(
+      treedef.unflatten(
+        [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+      )
+    )
+  flags = ["--optimizer", "adamw", "--lr", "1e-3", "--steps", "10"]
+  matrix = ("layers", 0, "mlp", "up_proj", "kernel")
+  for extra, lrs in (
+    (["--adam-lr", "3e-2"], {"matrix": 1e-3, "rest": 3e-2}),
+    ([], {"matrix": 1e-3, "rest": 1e-3}),  # without --adam-lr: one group
+  ):
+    args = train.parse_args(flags + extra)
+    tx = train.build_optimizer("adamw", train.make_schedule(1e-3, 10), args)
+    stepped = _three_adamw_steps(tx, params, grads)
+    for path, lr in (
+      (matrix, lrs["matrix"]),
+      (("embed", "embedding"), lrs["rest"]),
+      (("layers", 0, "attn_norm", "scale"), lrs["rest"]),
+    ):
+      ref = _three_adamw_steps(
+        optax.adamw(train.make_schedule(lr, 10), weight_decay=0.0),
+        _leaf(params, path),
+        [_leaf(g, path) for g in grads],
+      )
+      np.testing.assert_allclose(
+        _leaf(stepped, path), ref, rtol=1e-6, atol=1e-7
+      )
+      assert not np.allclose(ref, _leaf(params, path), atol=1e-5)
 
 
 def test_mesh_that_does_not_divide_a_parameter_is_refused():
