@@ -80,11 +80,7 @@ def alternate_normalizers(
       x = normalize(x)
     return x
 
-  if isinstance(num_iters, int):
-    for i in range(num_iters):
-      x = one_round(i, x)
-  else:  # a traced count, e.g. under optax.inject_hyperparams
-    x = jax.lax.fori_loop(0, num_iters, one_round, x)
+  x = norms.repeat(one_round, num_iters, x)
   x = jnp.where(jnp.isfinite(amax), x, jnp.nan)
   return x.astype(g.dtype)
 

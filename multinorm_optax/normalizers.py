@@ -39,6 +39,21 @@ def _safe_ratio(target, norm: Array) -> Array:
   return jnp.where(positive, target / jnp.where(positive, norm, 1.0), 0.0)
 
 
+def repeat(body, num_iters, init):
+  """``body(i, x)`` applied ``num_iters`` times, starting from ``x = init``.
+
+  A Python ``int`` count unrolls the loop at trace time, so XLA can fuse
+  across iterations; a traced count (a hyperparameter under
+  ``optax.inject_hyperparams``) runs as one ``jax.lax.fori_loop``.
+  """
+  if isinstance(num_iters, int):
+    x = init
+    for i in range(num_iters):
+      x = body(i, x)
+    return x
+  return jax.lax.fori_loop(0, num_iters, body, init)
+
+
 def row_l2(g: Array) -> Array:
   r"""Scales every row to l2 norm ``sqrt(n)``.
 
@@ -190,9 +205,13 @@ def _whiten(g: Array, *, ns_steps: int) -> Array:
   eye = jnp.eye(gram.shape[-1], dtype=jnp.float32)
   y = gram * _safe_ratio(1.0, scale)
   z = jnp.broadcast_to(eye, gram.shape)
-  for _ in range(ns_steps):
+
+  def step(_, yz):
+    y, z = yz
     t = 0.5 * (3.0 * eye - z @ y)
-    y, z = y @ t, t @ z
+    return y @ t, t @ z
+
+  y, z = repeat(step, ns_steps, (y, z))
   inv_sqrt = z * _safe_ratio(1.0, jnp.sqrt(scale))
   out = inv_sqrt @ x if wide else x @ inv_sqrt
   return out.astype(g.dtype)

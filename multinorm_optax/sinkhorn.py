@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from multinorm_optax.layout import CanonicalLayout
-from multinorm_optax.normalizers import _safe_ratio
+from multinorm_optax.normalizers import _safe_ratio, repeat
 
 
 def sinkhorn_scaled(
@@ -66,13 +66,7 @@ def sinkhorn_scaled(
 
   r = jnp.ones([1 if a in rows_of else d for a, d in enumerate(g.shape)], f32)
   c = jnp.ones([1 if a in cols_of else d for a, d in enumerate(g.shape)], f32)
-  if isinstance(num_iters, int):
-    for i in range(num_iters):
-      r, c = one_round(i, c)
-  else:  # a traced count, e.g. under optax.inject_hyperparams
-    r, c = jax.lax.fori_loop(
-      0, num_iters, lambda i, rc: one_round(i, rc[1]), (r, c)
-    )
+  r, c = repeat(lambda i, rc: one_round(i, rc[1]), num_iters, (r, c))
   out = g.astype(f32) * (inv_amax * r) * c
   out = jnp.where(jnp.isfinite(amax), out, jnp.nan)
   return out.astype(g.dtype)
