@@ -23,7 +23,6 @@ every process writes its shards of the checkpoints.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import math
@@ -37,30 +36,21 @@ from flax import nnx
 
 import multinorm_optax as mo
 from models.llama import (
-  Llama,
+  abstract_params,
   count_params,
   create_sharded_model,
   get_config,
-  param_partition_specs,
+  unsplit_dims,
 )
+from multinorm_optax.multinorm import SINKGD_IMPLS
 from pretrain import mesh as meshlib
 from pretrain.checkpoint import Checkpoints
+from pretrain.config import DEFAULT_LR, OPTIMIZERS, TrainConfig
 from pretrain.data import BatchSampler, load_corpus, validation_batches
 from pretrain.metrics import RunLog
 from pretrain.tokenizer import load_tokenizer
 
-OPTIMIZERS = ("sinkgd", "swan", "adamw", "adafactor", "muon", "sgd")
-# Peak learning rates that train the tiny model well in the default run. For sinkgd and
-# swan this is also the AdamW rate of embeddings/head/norms; their hidden matrices step
-# alpha * lr along the normalized gradient.
-DEFAULT_LR = {
-  "sinkgd": 0.03,
-  "swan": 0.03,
-  "adamw": 0.003,
-  "adafactor": 0.01,
-  "muon": 0.02,
-  "sgd": 0.3,
-}
+__all__ = ["DEFAULT_LR", "OPTIMIZERS", "TrainConfig"]  # re-exported
 MUON_ADAM_LR = 3e-3  # muon's lr is far too large for the AdamW part
 
 
@@ -77,7 +67,8 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> TrainConfig:
+  """The command line as a `TrainConfig`; a bad flag exits (2) with one line."""
   p = _Parser(prog="train.py", description=__doc__.split("\n\n")[0])
   env = os.environ.get
   g = p.add_argument_group("model and optimizer")
@@ -118,6 +109,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     type=int,
     default=5,
     help="sinkgd: SR-Sinkhorn rounds (%(default)s)",
+  )
+  g.add_argument(
+    "--sinkgd-impl",
+    default="auto",
+    choices=SINKGD_IMPLS,
+    help="sinkgd: SR-Sinkhorn implementation (%(default)s)",
   )
   g.add_argument(
     "--weight-decay", type=float, default=0.0, help="(%(default)s)"
@@ -274,9 +271,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   for name in ("ckpt_every", "eval_every", "eval_batches", "keep", "grad_clip"):
     if getattr(args, name) < 0:
       p.error(f"--{name.replace('_', '-')} must not be negative")
-  if args.lr is None:
-    args.lr = DEFAULT_LR[args.optimizer]
-  return args
+  return TrainConfig(**vars(args))
 
 
 def setup_runtime(args) -> None:
@@ -360,6 +355,7 @@ def build_optimizer(
       schedule,
       alpha=args.alpha,
       num_iters=args.num_iters,
+      impl=args.sinkgd_impl,
       weight_decay=wd,
       adam_learning_rate=adam_schedule,
     )
@@ -396,6 +392,16 @@ def build_optimizer(
   raise ValueError(
     f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}"
   )
+
+
+def make_optimizer(
+  config: TrainConfig,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(`build_optimizer` of `config.optimizer`, its learning-rate schedule)."""
+  schedule = make_schedule(
+    config.lr, config.steps, config.warmup, config.final_lr_fraction
+  )
+  return build_optimizer(config.optimizer, schedule, config), schedule
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -486,14 +492,15 @@ def evaluate(eval_step, params, batches) -> float:
 # ------------------------------------------------------------------ building the run
 
 
-def model_config(args, tokenizer):
-  """The config of --model with the compute dtype resolved and the tokenizer's vocab."""
+def model_config(args, tokenizer=None):
+  """The config of --model with the compute dtype resolved and the tokenizer's
+  vocab (`tokenizer=None`: the config's own vocab, e.g. LLaMA's 32000)."""
   base = get_config(args.model)
   dtype = args.dtype
   if dtype == "auto":
     dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
   overrides = {"dtype": jnp.dtype(dtype).type}
-  if tokenizer.vocab_size != base.vocab_size:
+  if tokenizer is not None and tokenizer.vocab_size != base.vocab_size:
     # Rounded up so that a vocab like GPT-2's 50257 still splits over 'tensor'.
     overrides["vocab_size"] = -(-tokenizer.vocab_size // 128) * 128
   config = get_config(args.model, **overrides)
@@ -562,7 +569,9 @@ def load_data(args, tokenizer):
 
 
 def build_mesh(args, config) -> jax.sharding.Mesh:
-  """The --mesh over the devices in use, checked against the batch and the model."""
+  """The --mesh over the devices in use, checked against the batch. A model
+  dimension that the mesh does not divide is replicated (`unsplit_dims` says
+  which)."""
   devices = jax.devices()
   if args.devices is not None:
     if jax.process_count() > 1 or not 1 <= args.devices <= len(devices):
@@ -573,11 +582,41 @@ def build_mesh(args, config) -> jax.sharding.Mesh:
     devices = devices[: args.devices]
   mesh = meshlib.make_mesh(meshlib.parse_mesh(args.mesh, len(devices)), devices)
   meshlib.check_batch_fits(mesh, args.batch_size, jax.process_count())
-  abstract = nnx.state(
-    nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))), nnx.Param
-  )
-  meshlib.check_shapes_fit(mesh, abstract, param_partition_specs(abstract))
   return mesh
+
+
+def state_shardings(params, tx, mesh) -> dict:
+  """Shardings of the train state {params, opt_state, step, rng}: optimizer
+  state sharded like the params it copies, the rest replicated. `params` may
+  be concrete or `abstract_params(config, mesh)`."""
+  replicated = meshlib.replicated(mesh)
+  return {
+    "params": jax.tree.map(lambda x: x.sharding, params),
+    "opt_state": meshlib.shardings_like_params(
+      jax.eval_shape(tx.init, params), params, replicated
+    ),
+    "step": replicated,
+    "rng": replicated,
+  }
+
+
+def abstract_train_state(config, tx, mesh) -> tuple[dict, dict]:
+  """(state, shardings) as `jax.ShapeDtypeStruct`s carrying their shardings:
+  what `init_state` makes, with nothing allocated (for `jit(...).lower`)."""
+  params = abstract_params(config, mesh)
+  shardings = state_shardings(params, tx, mesh)
+  shapes = {
+    "params": params,
+    "opt_state": jax.eval_shape(tx.init, params),
+    "step": jax.ShapeDtypeStruct((), jnp.int32),
+    "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
+  }
+  state = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    shapes,
+    shardings,
+  )
+  return state, shardings
 
 
 def init_state(model, tx, mesh, seed: int):
@@ -586,15 +625,8 @@ def init_state(model, tx, mesh, seed: int):
   random should fold in the step, so a resumed run draws the same numbers)."""
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   replicated = meshlib.replicated(mesh)
-  opt_shardings = meshlib.shardings_like_params(
-    jax.eval_shape(tx.init, params), params, replicated
-  )
-  shardings = {
-    "params": jax.tree.map(lambda x: x.sharding, params),
-    "opt_state": opt_shardings,
-    "step": replicated,
-    "rng": replicated,
-  }
+  shardings = state_shardings(params, tx, mesh)
+  opt_shardings = shardings["opt_state"]
   state = {
     "params": params,
     "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
@@ -659,9 +691,6 @@ def train(args) -> dict:
   NonFiniteLossError when training diverges (the bad state is never saved).
   """
   setup_runtime(args)
-  if args.lr is None:  # a namespace built by hand rather than by parse_args
-    args = copy.copy(args)
-    args.lr = DEFAULT_LR[args.optimizer]
   ckpt_dir = args.ckpt_dir or os.path.join(args.run_dir, "ckpt")
   metrics_path = args.metrics or os.path.join(args.run_dir, "metrics.jsonl")
   metrics_path = (
@@ -690,10 +719,7 @@ def train(args) -> dict:
 
   model = create_sharded_model(config, mesh, seed=args.seed)
   graphdef = nnx.graphdef(model)
-  schedule = make_schedule(
-    args.lr, args.steps, args.warmup, args.final_lr_fraction
-  )
-  tx = build_optimizer(args.optimizer, schedule, args)
+  tx, schedule = make_optimizer(args)
   state, shardings = init_state(model, tx, mesh, args.seed)
   del model
   start = 0
@@ -719,7 +745,7 @@ def train(args) -> dict:
     enabled=jax.process_index() == 0,
     progress=not args.no_progress,
   )
-  for note in ckpt.notes if ckpt else ():
+  for note in [*(ckpt.notes if ckpt else ()), *unsplit_dims(config, mesh)]:
     log.print(f"note: {note}")
   log.print(_describe(args, config, mesh, corpus))
   if start:

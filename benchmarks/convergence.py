@@ -57,7 +57,6 @@ import jax
 import jaxlib
 import numpy as np
 import optax
-from flax import nnx
 
 import multinorm_optax as mo
 
@@ -68,7 +67,7 @@ if (
   sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
-from models.llama import Llama  # noqa: E402
+from models.llama import abstract_params  # noqa: E402
 from pretrain.tokenizer import load_tokenizer  # noqa: E402
 
 DEFAULT_OPTIMIZERS = ("adamw", "sinkgd", "swan", "muon")
@@ -115,17 +114,10 @@ def _tree_bytes(tree) -> int:
 
 def optimizer_state_bytes(args) -> tuple[int, int]:
   """(optimizer-state bytes, parameter bytes) of `args`' model and optimizer, from
-  shapes alone: `jax.eval_shape` of `train.build_optimizer(...)`'s init."""
+  shapes alone: `jax.eval_shape` of `train.make_optimizer(args)`'s init."""
   config = train.model_config(args, load_tokenizer(args.tokenizer))
-  abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
-  params = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-    nnx.to_pure_dict(nnx.state(abstract, nnx.Param)),
-  )
-  schedule = train.make_schedule(
-    args.lr, args.steps, args.warmup, args.final_lr_fraction
-  )
-  tx = train.build_optimizer(args.optimizer, schedule, args)
+  params = abstract_params(config)
+  tx, _ = train.make_optimizer(args)
   return _tree_bytes(jax.eval_shape(tx.init, params)), _tree_bytes(params)
 
 

@@ -15,7 +15,9 @@ training loop); the median sample is reported. Optimizers (``--optimizers``):
 sgd, adamw, adafactor, muon (``optax.contrib.muon``, hidden matrices only as in
 our recipe, the rest its AdamW), swan, sinkgd_l1 and sinkgd_l5 (the default
 fused SR-Sinkhorn), and sinkgd_l5_reference (``impl="reference"``, each
-normalization materialized). All use learning rate 1e-3 and their defaults.
+normalization materialized). Each is ``train.make_optimizer`` of a
+``TrainConfig`` (``CASES`` names the fields that differ): the very optimizer
+``train.py`` runs, at its default peak learning rate and schedule.
 
 Baseline, in the same run and on the same parameter tree: a device copy of
 every parameter (``jnp.copy`` per leaf, jitted, into a donated buffer of the
@@ -86,33 +88,37 @@ if (
 
 import multinorm_optax as mo  # noqa: E402
 import train  # noqa: E402
-
-LEARNING_RATE = (
-  1e-3  # the same for every optimizer; values do not change the cost
-)
+from models.llama import abstract_params, get_config  # noqa: E402
+from pretrain.config import TrainConfig  # noqa: E402
 
 ACCELERATOR_MODELS = ("60m", "130m", "350m", "1b")
 CPU_MODELS = ("tiny", "60m")
 
 
-def _muon(lr):
-  return optax.contrib.muon(
-    lr, muon_weight_dimension_numbers=train.muon_dimension_numbers
-  )
-
-
-OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
-  "sgd": optax.sgd,
-  "adamw": optax.adamw,
-  "adafactor": optax.adafactor,
-  "muon": _muon,
-  "swan": mo.swan,
-  "sinkgd_l1": lambda lr: mo.sinkgd(lr, num_iters=1),
-  "sinkgd_l5": lambda lr: mo.sinkgd(lr, num_iters=5),
-  "sinkgd_l5_reference": lambda lr: mo.sinkgd(
-    lr, num_iters=5, impl="reference"
+# Benchmark case -> the TrainConfig fields that make it.
+CASES: dict[str, dict[str, Any]] = {
+  "sgd": dict(optimizer="sgd"),
+  "adamw": dict(optimizer="adamw"),
+  "adafactor": dict(optimizer="adafactor"),
+  "muon": dict(optimizer="muon"),
+  "swan": dict(optimizer="swan"),
+  "sinkgd_l1": dict(optimizer="sinkgd", num_iters=1),
+  "sinkgd_l5": dict(optimizer="sinkgd", num_iters=5),
+  "sinkgd_l5_reference": dict(
+    optimizer="sinkgd", num_iters=5, sinkgd_impl="reference"
   ),
 }
+OPTIMIZERS = tuple(CASES)
+
+
+def case_config(name: str) -> TrainConfig:
+  """The TrainConfig of benchmark case `name` (train.py's defaults otherwise)."""
+  return TrainConfig(**CASES[name])
+
+
+def build_tx(name: str) -> optax.GradientTransformation:
+  """train.py's optimizer for case `name`, with its schedule."""
+  return train.make_optimizer(case_config(name))[0]
 
 
 # ---------------------------------------------------------------------------
@@ -121,19 +127,8 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
 
 
 def param_shapes(model: str) -> dict:
-  """The LLaMA config's parameters as a plain dict of ``jax.ShapeDtypeStruct``.
-
-  Built with ``nnx.eval_shape``, so nothing is allocated; the dict keeps the
-  model's own paths (``layers/0/attn/q_proj/kernel``, ``embed/embedding``, ...).
-  """
-  from flax import nnx
-
-  from models.llama import Llama, get_config
-
-  config = get_config(model)
-  abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
-  tree = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  """The named LLaMA config's parameters, as ``models.llama.abstract_params``."""
+  return abstract_params(get_config(model))
 
 
 def random_tree(shapes, key, dtype, scale: float):
@@ -676,7 +671,7 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
       "argv": argv_list,
       **_versions(),
     },
-    "learning_rate": LEARNING_RATE,
+    "learning_rate": {name: case_config(name).lr for name in args.optimizers},
     "timing": plan._asdict(),
     "models": [],
   }
@@ -702,7 +697,7 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
       grads = random_tree(shapes, gkey, jnp.dtype(grad_dtype), 1.0)
       rows = []
       for name in args.optimizers:
-        tx = OPTIMIZERS[name](LEARNING_RATE)
+        tx = build_tx(name)
         total, matrices = state_bytes(tx, shapes)
         timing = time_optimizer(tx, params, grads, plan)
         row = {
@@ -736,9 +731,7 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
     rows = []
     for grad_dtype in args.grad_dtypes:
       for name in args.optimizers:
-        counts = count_passes(
-          OPTIMIZERS[name](LEARNING_RATE), shape, jnp.dtype(grad_dtype)
-        )
+        counts = count_passes(build_tx(name), shape, jnp.dtype(grad_dtype))
         rows.append({"optimizer": name, "grad_dtype": grad_dtype, **counts})
     result["hlo_passes"] = {"model": model, "shape": list(shape), "rows": rows}
 

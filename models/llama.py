@@ -189,6 +189,25 @@ def _sharded(initializer, *logical_axes: str | None):
   )
 
 
+def fit_spec(
+  spec: PartitionSpec, shape: tuple[int, ...], mesh_shape: dict[str, int]
+) -> PartitionSpec:
+  """The one divisibility rule: a dimension whose mesh axes do not divide it
+  evenly is replicated (kept whole on every device) instead of split.
+
+  jit refuses uneven shardings; the alternative, refusing the mesh, would rule
+  out tensor parallelism for the 1b model (d_ff = 5461) altogether. The cost is
+  memory and redundant compute on that dimension, which ``unsplit_dims`` names
+  so that train.py can say so.
+  """
+  parts = []
+  for dim, axes in zip(shape, spec):
+    names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+    ways = math.prod(mesh_shape[name] for name in names)
+    parts.append(axes if dim % ways == 0 else None)
+  return PartitionSpec(*parts)
+
+
 def param_partition_specs(
   tree: Any, mesh: jax.sharding.Mesh | None = None
 ) -> Any:
@@ -197,9 +216,9 @@ def param_partition_specs(
   Args:
     tree: a ``Llama`` (concrete or from ``nnx.eval_shape``) or its
       ``nnx.State``.
-    mesh: if given, a dimension that its mesh axes do not divide evenly is
-      replicated instead (e.g. the 1b model's d_ff = 5461 over 'tensor'),
-      since jit refuses uneven shardings.
+    mesh: if given, each spec is passed through ``fit_spec``: a dimension that
+      its mesh axes do not divide evenly is replicated (e.g. the 1b model's
+      d_ff = 5461 over 'tensor').
 
   Returns:
     A tree with the structure of ``nnx.state(tree)`` in which each Variable
@@ -210,16 +229,76 @@ def param_partition_specs(
   specs = nnx.get_partition_spec(state)
   if mesh is None:
     return specs
+  return jax.tree.map(
+    lambda spec, value: fit_spec(spec, value.shape, dict(mesh.shape)),
+    specs,
+    state,
+  )
 
-  def divisible(spec, value):
-    parts = []
-    for dim, axes in zip(value.shape, spec):
-      names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
-      ways = math.prod(mesh.shape[name] for name in names)
-      parts.append(axes if dim % ways == 0 else None)
-    return PartitionSpec(*parts)
 
-  return jax.tree.map(divisible, specs, state)
+def unsplit_dims(config: LlamaConfig, mesh: jax.sharding.Mesh) -> list[str]:
+  """One line per (size, mesh axes) pair that ``fit_spec`` replicates on
+  ``mesh``, naming how many parameters it touches and the first of them."""
+  state = abstract_state(config)
+  declared = jax.tree.leaves(param_partition_specs(state), is_leaf=_is_spec)
+  found: dict[tuple, list[str]] = {}
+  for (path, leaf), spec in zip(
+    jax.tree_util.tree_leaves_with_path(state), declared, strict=True
+  ):
+    fitted = fit_spec(spec, leaf.shape, dict(mesh.shape))
+    for dim, want, got in zip(leaf.shape, spec, fitted):
+      if want is not None and got is None:
+        axes = want if isinstance(want, tuple) else (want,)
+        name = jax.tree_util.keystr(path, simple=True, separator=".")
+        found.setdefault((dim, axes), []).append(name.removesuffix(".value"))
+  return [
+    f"a dimension of {dim} does not divide over "
+    f"{'x'.join(axes)} = {math.prod(mesh.shape[a] for a in axes)}: "
+    f"replicated in {len(names)} parameter(s) (e.g. {names[0]}); a mesh axis "
+    f"that divides {dim} splits it"
+    for (dim, axes), names in found.items()
+  ]
+
+
+def _is_spec(x) -> bool:
+  return isinstance(x, PartitionSpec)
+
+
+def abstract_model(config: LlamaConfig) -> Llama:
+  """``Llama(config)`` with ``jax.ShapeDtypeStruct`` leaves: nothing allocated."""
+  return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+
+
+def abstract_state(config: LlamaConfig) -> nnx.State:
+  """The ``nnx.Param`` state of ``abstract_model(config)``."""
+  return nnx.state(abstract_model(config), nnx.Param)
+
+
+def abstract_params(
+  config: LlamaConfig, mesh: jax.sharding.Mesh | None = None
+) -> dict:
+  """The parameters as a plain dict of ``jax.ShapeDtypeStruct`` (the tree the
+  optimizer sees: ``layers/0/attn/q_proj/kernel``, ...), from shapes alone.
+
+  With ``mesh``, each leaf carries the ``NamedSharding`` that
+  ``create_sharded_model`` gives the real parameter, so ``jax.eval_shape`` or
+  ``jit(...).lower`` on it sees the sharded run.
+  """
+  state = abstract_state(config)
+  shapes = nnx.to_pure_dict(state)
+  if mesh is None:
+    return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shapes
+    )
+  specs = nnx.to_pure_dict(param_partition_specs(state, mesh))
+  return jax.tree.map(
+    lambda spec, x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=NamedSharding(mesh, spec)
+    ),
+    specs,
+    shapes,
+    is_leaf=_is_spec,
+  )
 
 
 def create_sharded_model(
@@ -237,10 +316,10 @@ def create_sharded_model(
   def create():
     return Llama(config, rngs=nnx.Rngs(seed))
 
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
+  graphdef, abstract = nnx.split(nnx.eval_shape(create))
   shardings = jax.tree.map(
     lambda spec: NamedSharding(mesh, spec),
-    param_partition_specs(abstract_state, mesh),
+    param_partition_specs(abstract, mesh),
   )
   state = jax.jit(lambda: nnx.state(create()), out_shardings=shardings)()
   return nnx.merge(graphdef, state)

@@ -7,7 +7,8 @@ Mesh axes are always ('data', 'fsdp', 'tensor'):
 - tensor: tensor (model) parallelism inside a layer.
 
 The batch is split over ('data', 'fsdp'); each parameter's split is declared by the
-model (`models.llama.param_partition_specs`). All axes are `Auto`: the model relies on
+model (`models.llama.param_partition_specs`), and a dimension that its mesh axes
+do not divide is replicated (`models.llama.fit_spec`, the one rule). All axes are `Auto`: the model relies on
 GSPMD to propagate shardings through the activations.
 """
 
@@ -105,32 +106,6 @@ def check_batch_fits(
     raise ValueError(
       f"--batch-size {batch_size} does not divide over {process_count} processes"
     )
-
-
-def check_shapes_fit(mesh: Mesh, shapes, specs) -> None:
-  """Every sharded dimension of every parameter must divide by its mesh axes.
-
-  `shapes` and `specs` are matching trees of objects with `.shape` and of
-  PartitionSpecs. Raises ValueError naming the first parameter that does not fit.
-  """
-  shape_leaves = jax.tree_util.tree_leaves_with_path(shapes)
-  spec_leaves = jax.tree_util.tree_leaves(
-    specs, is_leaf=lambda x: isinstance(x, P)
-  )
-  for (path, leaf), spec in zip(shape_leaves, spec_leaves, strict=True):
-    for dim, axes in zip(leaf.shape, tuple(spec)):
-      if axes is None:
-        continue
-      axes = (axes,) if isinstance(axes, str) else tuple(axes)
-      ways = math.prod(mesh.shape[a] for a in axes)
-      if dim % ways:
-        name = jax.tree_util.keystr(path, simple=True, separator=".")
-        name = name.removesuffix(".value")  # nnx Variables add a .value
-        raise ValueError(
-          f"mesh {format_mesh(dict(mesh.shape))} does not fit the model: "
-          f"{name} {tuple(leaf.shape)} has a dimension of {dim}, not divisible by "
-          f"{'x'.join(axes)} = {ways}"
-        )
 
 
 def global_batch(

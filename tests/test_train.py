@@ -22,9 +22,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 import train
-from models.llama import Llama, get_config, param_partition_specs
+from models import llama
+from models.llama import abstract_params, unsplit_dims
 from pretrain import mesh as meshlib
 from pretrain.checkpoint import complete_steps
 from pretrain.tokenizer import load_tokenizer
@@ -178,18 +180,7 @@ def sharded_tiny():
   args = train.parse_args(["--mesh", "fsdp=4,tensor=2"])
   config = train.model_config(args, load_tokenizer(None))
   mesh = train.build_mesh(args, config)
-  abstract = nnx.state(
-    nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))), nnx.Param
-  )
-  params = jax.tree.map(
-    lambda x, spec: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=jax.NamedSharding(mesh, spec)
-    ),
-    nnx.to_pure_dict(abstract),
-    nnx.to_pure_dict(param_partition_specs(abstract)),
-    is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
-  )
-  return params, mesh
+  return abstract_params(config, mesh), mesh
 
 
 @pytest.mark.parametrize("name", train.OPTIMIZERS)
@@ -238,7 +229,9 @@ def _leaf(tree, path):
 
 def test_adamw_with_adam_lr_steps_matrices_at_lr_and_the_rest_at_adam_lr():
   params = nnx.to_pure_dict(
-    nnx.state(Llama(get_config("tiny"), rngs=nnx.Rngs(0)), nnx.Param)
+    nnx.state(
+      llama.Llama(llama.get_config("tiny"), rngs=nnx.Rngs(0)), nnx.Param
+    )
   )
   leaves, treedef = jax.tree.flatten(params)
   grads = []
@@ -274,14 +267,50 @@ def test_adamw_with_adam_lr_steps_matrices_at_lr_and_the_rest_at_adam_lr():
       assert not np.allclose(ref, _leaf(params, path), atol=1e-5)
 
 
-def test_mesh_that_does_not_divide_a_parameter_is_refused():
-  args = train.parse_args(["--mesh", "tensor=8"])
-  config = get_config("tiny", d_ff=100)
-  with pytest.raises(
-    ValueError,
-    match=r"layers\.0\.mlp\.\w+_proj\.kernel \((128, 100|100, 128)\).*tensor = 8",
+def test_cli_defaults_are_the_config_defaults(monkeypatch):
+  for name in (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
   ):
-    train.build_mesh(args, config)
+    monkeypatch.delenv(name, raising=False)
+  assert train.parse_args([]) == train.TrainConfig()
+  config = train.parse_args(["--optimizer", "adamw", "--batch-size", "4"])
+  assert config == train.TrainConfig(optimizer="adamw", batch_size=4)
+  assert config.lr == train.DEFAULT_LR["adamw"]
+
+
+def test_1b_on_tensor2_replicates_d_ff_and_says_so():
+  args = train.TrainConfig(model="1b", mesh="tensor=2", batch_size=8)
+  config = train.model_config(args)
+  mesh = train.build_mesh(args, config)  # accepted
+  params = abstract_params(config, mesh)
+  mlp = params["layers"][0]["mlp"]
+  attn = params["layers"][0]["attn"]
+  assert mlp["up_proj"]["kernel"].sharding.spec == P("fsdp", None)
+  assert mlp["down_proj"]["kernel"].sharding.spec == P(None, "fsdp")
+  assert attn["q_proj"]["kernel"].sharding.spec == P("fsdp", "tensor")
+  (note,) = unsplit_dims(config, mesh)
+  assert "5461" in note and "tensor = 2" in note and "72 parameter" in note
+
+
+def test_mesh_that_does_not_divide_a_dimension_trains_with_it_replicated(
+  tmp_path, capsys, monkeypatch
+):
+  """The one divisibility rule end to end: tiny with d_ff = 100 on tensor=8
+  trains (d_ff whole on every device) and says so on one note line."""
+  monkeypatch.setitem(
+    llama.CONFIGS, "tiny_d100", llama.get_config("tiny", d_ff=100)
+  )
+  code = train.main(
+    SMALL[:2]
+    + ["--steps", "2", "--batch-size", "8", "--seq-len", "16"]
+    + ["--mesh", "tensor=8", "--ckpt-every", "0", "--metrics", "none"]
+    + ["--no-progress", "--run-dir", str(tmp_path), "--model", "tiny_d100"]
+  )
+  out = capsys.readouterr()
+  assert code == 0, out.err
+  assert "note: a dimension of 100 does not divide over tensor = 8" in out.out
 
 
 # ------------------------------------------------------------------ meshes
