@@ -67,6 +67,7 @@ if (
   sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
+from benchmarks.step_cost import tree_bytes  # noqa: E402
 from models.llama import abstract_params  # noqa: E402
 from pretrain.tokenizer import load_tokenizer  # noqa: E402
 
@@ -108,17 +109,13 @@ SIZES = {
 # ------------------------------------------------------------------ one run (child side)
 
 
-def _tree_bytes(tree) -> int:
-  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-
-
 def optimizer_state_bytes(args) -> tuple[int, int]:
   """(optimizer-state bytes, parameter bytes) of `args`' model and optimizer, from
   shapes alone: `jax.eval_shape` of `train.make_optimizer(args)`'s init."""
   config = train.model_config(args, load_tokenizer(args.tokenizer))
   params = abstract_params(config)
   tx, _ = train.make_optimizer(args)
-  return _tree_bytes(jax.eval_shape(tx.init, params)), _tree_bytes(params)
+  return tree_bytes(jax.eval_shape(tx.init, params)), tree_bytes(params)
 
 
 def device_info() -> dict:

@@ -89,6 +89,7 @@ if (
 import multinorm_optax as mo  # noqa: E402
 import train  # noqa: E402
 from models.llama import abstract_params, get_config  # noqa: E402
+from pretrain import mesh as meshlib  # noqa: E402
 from pretrain.config import TrainConfig  # noqa: E402
 
 ACCELERATOR_MODELS = ("60m", "130m", "350m", "1b")
@@ -160,29 +161,20 @@ def tree_bytes(tree) -> int:
   )
 
 
-def _path_key(path) -> tuple[str, ...]:
-  return tuple(str(k) for k in path)
-
-
 def state_bytes(tx, params) -> tuple[int, int]:
   """(all state bytes, state bytes held for hidden matrices), from shapes alone."""
   labels = mo.default_param_labels(params)
-  matrix_paths = {
-    _path_key(path)
-    for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]
-    if label == "multinorm"
-  }
-  lengths = {len(p) for p in matrix_paths}
-  total = matrices = 0
-  for path, leaf in jax.tree_util.tree_flatten_with_path(
-    jax.eval_shape(tx.init, params)
-  )[0]:
-    nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
-    total += nbytes
-    key = _path_key(path)
-    if any(key[-n:] in matrix_paths for n in lengths if n <= len(key)):
-      matrices += nbytes
-  return total, matrices
+  matrices = jax.tree.map(
+    lambda p, label: p if label == "multinorm" else None, params, labels
+  )
+  state = jax.eval_shape(tx.init, params)
+  of_matrix = meshlib.map_like_params(lambda _: True, state, matrices, False)
+  matrix_leaves = [
+    leaf
+    for leaf, mine in zip(jax.tree.leaves(state), jax.tree.leaves(of_matrix))
+    if mine
+  ]
+  return tree_bytes(state), tree_bytes(matrix_leaves)
 
 
 # ---------------------------------------------------------------------------

@@ -46,7 +46,8 @@ def default_param_labels(params) -> Any:
   def label(path, leaf) -> str:
     if len(getattr(leaf, "shape", ())) < 2:
       return ADAM
-    for part in mn.path_str(path).lower().split("/"):
+    for key in path:
+      part = jax.tree_util.keystr((key,), simple=True).lower()
       if part in _ADAM_NAMES or any(s in part for s in _ADAM_SUBSTRINGS):
         return ADAM
     return MATRIX

@@ -31,19 +31,6 @@ Normalizer = Callable[[jax.Array], jax.Array]
 DimensionNumbersSpec = Any
 
 
-def path_str(path) -> str:
-  """A tree path as ``'layers/0/attn/q_proj/kernel'``."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
-
-
 def alternate_normalizers(
   g: jax.Array, normalizers: Sequence[Normalizer], num_iters
 ) -> jax.Array:
@@ -73,7 +60,7 @@ def alternate_normalizers(
     return g
   x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
   amax = jnp.max(jnp.abs(x))
-  x = x * norms._safe_ratio(1.0, amax)
+  x = x * norms.safe_ratio(1.0, amax)
 
   def one_round(_, x):
     for normalize in normalizers:
@@ -112,7 +99,7 @@ def fixed_point_residual(
     jnp.sqrt(jnp.sum(jnp.square(p(x).astype(jnp.float32) - x), axis=(-2, -1)))
     for p in normalizers
   ]
-  return norms._safe_ratio(jnp.max(jnp.stack(residuals), axis=0), scale)
+  return norms.safe_ratio(jnp.max(jnp.stack(residuals), axis=0), scale)
 
 
 def _check_leaf(name: str, leaf) -> None:
@@ -136,10 +123,16 @@ def leaf_layouts(spec: DimensionNumbersSpec, tree) -> list:
       fewer than two axes.
   """
   leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
+  leaves = [x for _, x in leaves_with_path]
+  # Paths as 'layers/0/attn/q_proj/kernel', for callable specs and errors.
+  names = [
+    jax.tree_util.keystr(p, simple=True, separator="/")
+    for p, _ in leaves_with_path
+  ]
   if spec is None or isinstance(spec, DimensionNumbers):
-    specs = [spec] * len(leaves_with_path)
+    specs = [spec] * len(leaves)
   elif callable(spec):
-    specs = [spec(path_str(p), x) or _SKIP for p, x in leaves_with_path]
+    specs = [spec(name, x) or _SKIP for name, x in zip(names, leaves)]
   else:  # a tree prefix: broadcast each spec over the subtree below it
     is_spec = lambda x: x is None or isinstance(x, DimensionNumbers)
     broadcast = jax.tree_util.tree_map(
@@ -149,9 +142,7 @@ def leaf_layouts(spec: DimensionNumbersSpec, tree) -> list:
       is_leaf=is_spec,
     )
     specs = jax.tree_util.tree_leaves(broadcast, is_leaf=is_spec)
-  return [
-    _layout(path_str(p), x, dn) for (p, x), dn in zip(leaves_with_path, specs)
-  ]
+  return [_layout(*args) for args in zip(names, leaves, specs)]
 
 
 # Marks a leaf that the user's spec leaves unchanged, as opposed to None = default.

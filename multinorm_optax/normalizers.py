@@ -33,7 +33,7 @@ def _f32(g: Array) -> Array:
   return g.astype(jnp.promote_types(g.dtype, jnp.float32))
 
 
-def _safe_ratio(target, norm: Array) -> Array:
+def safe_ratio(target, norm: Array) -> Array:
   """``target / norm`` where ``norm > 0``, else 0 (a zero slice stays zero)."""
   positive = norm > 0
   return jnp.where(positive, target / jnp.where(positive, norm, 1.0), 0.0)
@@ -75,7 +75,7 @@ def row_l2(g: Array) -> Array:
   x = _f32(g)
   n = x.shape[-1]
   norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return (x * _safe_ratio(jnp.sqrt(jnp.float32(n)), norm)).astype(g.dtype)
+  return (x * safe_ratio(jnp.sqrt(jnp.float32(n)), norm)).astype(g.dtype)
 
 
 def col_l2(g: Array) -> Array:
@@ -95,7 +95,7 @@ def col_l2(g: Array) -> Array:
   x = _f32(g)
   m = x.shape[-2]
   norm = jnp.sqrt(jnp.sum(x * x, axis=-2, keepdims=True))
-  return (x * _safe_ratio(jnp.sqrt(jnp.float32(m)), norm)).astype(g.dtype)
+  return (x * safe_ratio(jnp.sqrt(jnp.float32(m)), norm)).astype(g.dtype)
 
 
 def row_standardize(g: Array) -> Array:
@@ -119,7 +119,7 @@ def row_standardize(g: Array) -> Array:
   x = _f32(g)
   centered = x - jnp.mean(x, axis=-1, keepdims=True)
   std = jnp.sqrt(jnp.mean(centered * centered, axis=-1, keepdims=True))
-  return (centered * _safe_ratio(1.0, std)).astype(g.dtype)
+  return (centered * safe_ratio(1.0, std)).astype(g.dtype)
 
 
 def rms(g: Array) -> Array:
@@ -137,7 +137,7 @@ def rms(g: Array) -> Array:
   x = _f32(g)
   m, n = x.shape[-2:]
   norm = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
-  return (x * _safe_ratio(jnp.sqrt(jnp.float32(m * n)), norm)).astype(g.dtype)
+  return (x * safe_ratio(jnp.sqrt(jnp.float32(m * n)), norm)).astype(g.dtype)
 
 
 def sign(g: Array) -> Array:
@@ -203,7 +203,7 @@ def _whiten(g: Array, *, ns_steps: int) -> Array:
   gram = x @ jnp.swapaxes(x, -1, -2) if wide else jnp.swapaxes(x, -1, -2) @ x
   scale = jnp.sqrt(jnp.sum(gram * gram, axis=(-2, -1), keepdims=True))
   eye = jnp.eye(gram.shape[-1], dtype=jnp.float32)
-  y = gram * _safe_ratio(1.0, scale)
+  y = gram * safe_ratio(1.0, scale)
   z = jnp.broadcast_to(eye, gram.shape)
 
   def step(_, yz):
@@ -212,6 +212,6 @@ def _whiten(g: Array, *, ns_steps: int) -> Array:
     return y @ t, t @ z
 
   y, z = repeat(step, ns_steps, (y, z))
-  inv_sqrt = z * _safe_ratio(1.0, jnp.sqrt(scale))
+  inv_sqrt = z * safe_ratio(1.0, jnp.sqrt(scale))
   out = inv_sqrt @ x if wide else x @ inv_sqrt
   return out.astype(g.dtype)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from multinorm_optax.layout import CanonicalLayout
-from multinorm_optax.normalizers import _safe_ratio, repeat
+from multinorm_optax.normalizers import repeat, safe_ratio
 
 
 def sinkhorn_scaled(
@@ -49,7 +49,7 @@ def sinkhorn_scaled(
   matrix_axes = rows_of + cols_of
   f32 = jnp.promote_types(g.dtype, jnp.float32)
   amax = jnp.max(jnp.abs(g), axis=matrix_axes, keepdims=True).astype(f32)
-  inv_amax = _safe_ratio(1.0, amax)
+  inv_amax = safe_ratio(1.0, amax)
   sqrt_n = jnp.sqrt(jnp.asarray(layout.n, f32))
   sqrt_m = jnp.sqrt(jnp.asarray(layout.m, f32))
 
@@ -60,8 +60,8 @@ def sinkhorn_scaled(
     return jnp.sum(x * x, axis=axes, keepdims=True)
 
   def one_round(_, c):
-    r = _safe_ratio(sqrt_n, jnp.sqrt(sum_of_squares(c, rows_of)))
-    c = _safe_ratio(sqrt_m, jnp.sqrt(sum_of_squares(r, cols_of)))
+    r = safe_ratio(sqrt_n, jnp.sqrt(sum_of_squares(c, rows_of)))
+    c = safe_ratio(sqrt_m, jnp.sqrt(sum_of_squares(r, cols_of)))
     return r, c
 
   r = jnp.ones([1 if a in rows_of else d for a, d in enumerate(g.shape)], f32)

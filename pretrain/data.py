@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.tokenizer import ByteTokenizer, Tokenizer, _import_optional
+from pretrain.tokenizer import ByteTokenizer, Tokenizer, import_optional
 
 TEXT_EXTENSIONS = frozenset(
   {
@@ -397,7 +397,7 @@ def _load_hf(
     raise ValueError(
       f"data {spec} is a stream: pass max_tokens (the run's training token budget)"
     )
-  datasets = _import_optional("datasets", f"data {spec}")
+  datasets = import_optional("datasets", f"data {spec}")
   dtype = token_dtype(tokenizer.vocab_size)
   separator = _separator(tokenizer)
   val_budget = math.ceil(val_fraction * max_tokens)

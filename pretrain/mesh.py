@@ -118,13 +118,13 @@ def global_batch(
   )
 
 
-def shardings_like_params(tree, params, default: NamedSharding):
-  """Shardings for a tree that holds copies of the params (e.g. optimizer state).
+def map_like_params(fn, tree, params, default):
+  """``fn(param)`` for each leaf of ``tree`` that copies a parameter, else ``default``.
 
-  A leaf whose tree path ends with a parameter's path and that has the parameter's
-  shape (Adam moments, momenta) is sharded like that parameter, so optimizer state is
-  split exactly as the model is. Every other leaf (step counts, factored statistics)
-  gets `default`.
+  A leaf copies a parameter when its tree path ends with that parameter's path
+  and it has that parameter's shape, as Adam's moments and momenta do (their
+  paths are the parameters' paths under a prefix such as ``0/mu``); step
+  counts and factored statistics do not. The longest matching path wins.
   """
 
   def key(k):
@@ -136,12 +136,22 @@ def shardings_like_params(tree, params, default: NamedSharding):
   }
   lengths = sorted({len(p) for p in by_path}, reverse=True)
 
-  def sharding(path, leaf):
+  def one(path, leaf):
     path = tuple(map(key, path))
     for n in lengths:
       param = by_path.get(path[-n:]) if len(path) >= n else None
       if param is not None and param.shape == leaf.shape:
-        return param.sharding
+        return fn(param)
     return default
 
-  return jax.tree_util.tree_map_with_path(sharding, tree)
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def shardings_like_params(tree, params, default: NamedSharding):
+  """Shardings for a tree that holds copies of the params (e.g. optimizer state).
+
+  A leaf that copies a parameter (see :func:`map_like_params`) is sharded like
+  that parameter, so optimizer state is split exactly as the model is. Every
+  other leaf (step counts, factored statistics) gets `default`.
+  """
+  return map_like_params(lambda param: param.sharding, tree, params, default)

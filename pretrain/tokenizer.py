@@ -36,7 +36,7 @@ class Tokenizer(Protocol):
   def decode(self, ids) -> str: ...
 
 
-def _import_optional(module: str, purpose: str):
+def import_optional(module: str, purpose: str):
   """Imports `module`, or fails with one line saying what needs it and how to get it."""
   try:
     return importlib.import_module(module)
@@ -81,7 +81,7 @@ class HFTokenizer:
   """
 
   def __init__(self, path: str):
-    tokenizers = _import_optional("tokenizers", f"tokenizer {path}")
+    tokenizers = import_optional("tokenizers", f"tokenizer {path}")
     self._tok = tokenizers.Tokenizer.from_file(path)
     self.name = path
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
@@ -108,7 +108,7 @@ class SentencePieceTokenizer:
   """A SentencePiece model read from a `.model` file (e.g. the LLaMA-2 tokenizer)."""
 
   def __init__(self, path: str):
-    spm = _import_optional("sentencepiece", f"tokenizer {path}")
+    spm = import_optional("sentencepiece", f"tokenizer {path}")
     self._sp = spm.SentencePieceProcessor(model_file=path)
     self.name = path
     self.vocab_size = int(self._sp.vocab_size())

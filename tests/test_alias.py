@@ -9,7 +9,6 @@ import pytest
 from flax import nnx
 
 import multinorm_optax as mo
-from multinorm_optax.multinorm import path_str
 
 
 def _mlp_params(key, sizes=(8, 32, 32, 1)):
@@ -258,7 +257,8 @@ def test_nnx_optimizer_with_sinkgd_trains_and_labels_by_path():
   assert losses[-1] < 0.5 * losses[0]
   labels = mo.default_param_labels(nnx.state(model, nnx.Param))
   flat = {
-    path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(labels)[0]
+    jax.tree_util.keystr(p, simple=True, separator="/"): v
+    for p, v in jax.tree_util.tree_flatten_with_path(labels)[0]
   }
   assert len(flat) == 5, flat
   assert {k for k, v in flat.items() if v == "multinorm"} == {
