@@ -117,7 +117,16 @@ def parse_args(argv=None) -> TrainConfig:
     help="sinkgd: SR-Sinkhorn implementation (%(default)s)",
   )
   g.add_argument(
-    "--weight-decay", type=float, default=0.0, help="(%(default)s)"
+    "--weight-decay",
+    type=float,
+    default=0.0,
+    help="decoupled weight decay of weight matrices; vectors, norm scales "
+    "and embeddings are not decayed (%(default)s)",
+  )
+  g.add_argument(
+    "--decay-embeddings",
+    action="store_true",
+    help="decay the embedding table too (nanoGPT's choice)",
   )
   g.add_argument(
     "--warmup",
@@ -344,6 +353,9 @@ def build_optimizer(
   matrices, AdamW at adam_lr on the rest.
   """
   wd = args.weight_decay
+  decay_mask = functools.partial(
+    mo.default_weight_decay_mask, decay_embeddings=args.decay_embeddings
+  )
   adam_schedule = schedule
   if args.adam_lr is not None or name == "muon":
     peak = MUON_ADAM_LR if args.adam_lr is None else args.adam_lr
@@ -357,6 +369,7 @@ def build_optimizer(
       num_iters=args.num_iters,
       impl=args.sinkgd_impl,
       weight_decay=wd,
+      weight_decay_mask=decay_mask,
       adam_learning_rate=adam_schedule,
     )
   if name == "swan":
@@ -364,21 +377,28 @@ def build_optimizer(
       schedule,
       alpha=args.alpha,
       weight_decay=wd,
+      weight_decay_mask=decay_mask,
       adam_learning_rate=adam_schedule,
     )
   if name == "adamw":
     if args.adam_lr is None:
-      return optax.adamw(schedule, weight_decay=wd)
+      return optax.adamw(schedule, weight_decay=wd, mask=decay_mask)
     # The fair baseline for the recipes: their two groups, each with its own lr.
     return optax.partition(
       {
-        mo.alias.MATRIX: optax.adamw(schedule, weight_decay=wd),
-        mo.alias.ADAM: optax.adamw(adam_schedule, weight_decay=wd),
+        mo.alias.MATRIX: optax.adamw(
+          schedule, weight_decay=wd, mask=decay_mask
+        ),
+        mo.alias.ADAM: optax.adamw(
+          adam_schedule, weight_decay=wd, mask=decay_mask
+        ),
       },
       mo.default_param_labels,
     )
   if name == "adafactor":
-    return optax.adafactor(schedule, weight_decay_rate=wd or None)
+    return optax.adafactor(
+      schedule, weight_decay_rate=wd or None, weight_decay_mask=decay_mask
+    )
   if name == "muon":
     return optax.contrib.muon(
       schedule,
@@ -388,7 +408,9 @@ def build_optimizer(
       muon_weight_dimension_numbers=muon_dimension_numbers,
     )
   if name == "sgd":
-    return optax.chain(optax.add_decayed_weights(wd), optax.sgd(schedule))
+    return optax.chain(
+      optax.add_decayed_weights(wd, decay_mask), optax.sgd(schedule)
+    )
   raise ValueError(
     f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}"
   )

@@ -3,7 +3,12 @@
 MNGD, SinkGD and SWAN (arXiv 2502.06742, 2412.13148) as optax transforms.
 """
 
-from multinorm_optax.alias import default_param_labels, sinkgd, swan
+from multinorm_optax.alias import (
+  default_param_labels,
+  default_weight_decay_mask,
+  sinkgd,
+  swan,
+)
 from multinorm_optax.layout import DimensionNumbers
 from multinorm_optax.multinorm import (
   alternate_normalizers,
@@ -28,6 +33,7 @@ __all__ = [
   "alternate_normalizers",
   "col_l2",
   "default_param_labels",
+  "default_weight_decay_mask",
   "fixed_point_residual",
   "multinorm",
   "rms",

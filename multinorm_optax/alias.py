@@ -55,6 +55,72 @@ def default_param_labels(params) -> Any:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+# Path components that exempt a parameter from weight decay whatever its shape.
+_NO_DECAY_SUBSTRINGS = ("norm", "bias")
+_NO_DECAY_NAMES = frozenset({"scale"})
+_EMBEDDING_SUBSTRINGS = ("embed",)
+_EMBEDDING_NAMES = frozenset({"wte", "wpe"})
+
+
+def default_weight_decay_mask(params, *, decay_embeddings: bool = False) -> Any:
+  """``True`` for the leaves that weight decay shrinks, ``False`` for the rest.
+
+  The usual convention (optax's ``adamw(mask=...)``, nanoGPT's two parameter
+  groups): decay acts on weight matrices only. A leaf is not decayed when it
+  has fewer than two axes (biases, norm scales, scalars), when a component of
+  its path contains ``norm`` or ``bias`` or equals ``scale``, or, unless
+  ``decay_embeddings``, when it is an embedding table (a component containing
+  ``embed`` or equal to ``wte`` or ``wpe``; case-insensitive). Hidden matrices
+  and an untied LM head are decayed. nanoGPT does decay its embedding (tied to
+  its head); ``decay_embeddings=True`` gives that behaviour.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from multinorm_optax import default_weight_decay_mask
+    >>> params = {
+    ...     "embed": {"embedding": jnp.zeros((10, 4))},
+    ...     "mlp": {"kernel": jnp.zeros((4, 8)), "bias": jnp.zeros(8)},
+    ...     "norm": {"scale": jnp.ones(4)},
+    ... }
+    >>> print(default_weight_decay_mask(params))
+    {'embed': {'embedding': False}, 'mlp': {'bias': False, 'kernel': True}, 'norm': {'scale': False}}
+    >>> print(default_weight_decay_mask(params, decay_embeddings=True)["embed"])
+    {'embedding': True}
+  """
+
+  def decayed(path, leaf) -> bool:
+    if len(getattr(leaf, "shape", ())) < 2:
+      return False
+    for key in path:
+      part = jax.tree_util.keystr((key,), simple=True).lower()
+      if part in _NO_DECAY_NAMES or any(
+        s in part for s in _NO_DECAY_SUBSTRINGS
+      ):
+        return False
+      embedding = part in _EMBEDDING_NAMES or any(
+        s in part for s in _EMBEDDING_SUBSTRINGS
+      )
+      if embedding and not decay_embeddings:
+        return False
+    return True
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def _within_group(mask):
+  """``mask`` as one group of ``optax.partition`` sees it.
+
+  A group's params hold ``optax.MaskedNode`` where other groups' leaves are; a
+  callable mask maps that tree leaf by leaf, a tree mask is cut to match it.
+  """
+  if callable(mask):
+    return mask
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  return lambda params: jax.tree.map(
+    lambda p, m: p if is_masked(p) else m, params, mask, is_leaf=is_masked
+  )
+
+
 def _times(
   alpha, learning_rate: optax.ScalarOrSchedule
 ) -> optax.ScalarOrSchedule:
@@ -74,12 +140,22 @@ def multinorm_recipe(
   adam_b2: float,
   adam_eps: float,
   adam_weight_decay: float | None,
+  weight_decay_mask: Any | Callable[[Any], Any] | None,
   param_labels: Any | Callable[[Any], Any] | None,
 ) -> optax.GradientTransformation:
-  """Partitions the tree: matrices get ``-alpha*lr * (normalized g + wd * p)``, the rest AdamW."""
+  """Partitions the tree: matrices get ``-alpha*lr * (normalized g + wd * p)``, the rest AdamW.
+
+  Weight decay acts only where ``weight_decay_mask`` (default
+  :func:`default_weight_decay_mask`) is True, in both groups.
+  """
+  mask = _within_group(
+    default_weight_decay_mask
+    if weight_decay_mask is None
+    else weight_decay_mask
+  )
   matrices = optax.chain(
     scale_by_normalization,
-    optax.add_decayed_weights(weight_decay),
+    optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(_times(alpha, learning_rate)),
   )
   rest = optax.adamw(
@@ -90,6 +166,7 @@ def multinorm_recipe(
     weight_decay=weight_decay
     if adam_weight_decay is None
     else adam_weight_decay,
+    mask=mask,
   )
   labels = default_param_labels if param_labels is None else param_labels
   return optax.partition({MATRIX: matrices, ADAM: rest}, labels)
@@ -106,6 +183,7 @@ def sinkgd(
   adam_b2: float = 0.999,
   adam_eps: float = 1e-8,
   adam_weight_decay: float | None = None,
+  weight_decay_mask: Any | Callable[[Any], Any] | None = None,
   param_labels: Any | Callable[[Any], Any] | None = None,
   dimension_numbers: mn.DimensionNumbersSpec = None,
   impl: str = "auto",
@@ -120,13 +198,18 @@ def sinkgd(
   Embeddings, the LM head, norm scales, biases and every leaf with fewer than
   two axes (label ``'adam'``) get AdamW with ``adam_learning_rate`` (default
   ``learning_rate``), betas ``(adam_b1, adam_b2)`` and weight decay
-  ``adam_weight_decay`` (default ``weight_decay``).
+  ``adam_weight_decay`` (default ``weight_decay``). Weight decay skips the
+  leaves where ``weight_decay_mask`` is False: by default
+  (:func:`default_weight_decay_mask`) vectors, norm scales and embeddings.
 
   Args:
     learning_rate: ``eta``, a float or an optax schedule.
     alpha: the paper's scale of the normalized update relative to Adam's lr (0.05).
     num_iters: ``L``, SR-Sinkhorn rounds (5).
     weight_decay: decoupled weight decay ``lambda`` for the matrices.
+    weight_decay_mask: a tree of booleans like the params, or a callable
+      ``params -> booleans``: where weight decay applies (both groups);
+      default :func:`default_weight_decay_mask`.
     param_labels: a tree of ``'multinorm'``/``'adam'`` labels like the params,
       or a callable ``params -> labels``; default :func:`default_param_labels`.
     dimension_numbers: fan_in/fan_out axes of the matrices, see :func:`multinorm`.
@@ -169,6 +252,7 @@ def sinkgd(
     adam_b2=adam_b2,
     adam_eps=adam_eps,
     adam_weight_decay=adam_weight_decay,
+    weight_decay_mask=weight_decay_mask,
     param_labels=param_labels,
   )
 
@@ -185,6 +269,7 @@ def swan(
   adam_b2: float = 0.999,
   adam_eps: float = 1e-8,
   adam_weight_decay: float | None = None,
+  weight_decay_mask: Any | Callable[[Any], Any] | None = None,
   param_labels: Any | Callable[[Any], Any] | None = None,
   dimension_numbers: mn.DimensionNumbersSpec = None,
 ) -> optax.GradientTransformation:
@@ -220,5 +305,6 @@ def swan(
     adam_b2=adam_b2,
     adam_eps=adam_eps,
     adam_weight_decay=adam_weight_decay,
+    weight_decay_mask=weight_decay_mask,
     param_labels=param_labels,
   )

@@ -43,6 +43,7 @@ class TrainConfig:
   num_iters: int = 5
   sinkgd_impl: str = "auto"
   weight_decay: float = 0.0
+  decay_embeddings: bool = False
   warmup: int | None = None
   final_lr_fraction: float = 0.1
   grad_clip: float = 1.0

@@ -264,3 +264,82 @@ def test_nnx_optimizer_with_sinkgd_trains_and_labels_by_path():
   assert {k for k, v in flat.items() if v == "multinorm"} == {
     "hidden/kernel/value"
   }, flat
+
+
+def _decay_params():
+  k = iter(jax.random.split(jax.random.key(0), 8))
+  return {
+    "embed": {"embedding": jax.random.normal(next(k), (16, 8))},
+    "block": {
+      "attn_norm": {"scale": 1.0 + jax.random.normal(next(k), (8,))},
+      "mlp": {
+        "kernel": jax.random.normal(next(k), (8, 8)),
+        "bias": jax.random.normal(next(k), (8,)),
+      },
+    },
+    "lm_head": {"kernel": jax.random.normal(next(k), (8, 16))},
+  }
+
+
+@pytest.mark.parametrize("name", ["sinkgd", "swan"])
+@pytest.mark.parametrize("decay_embeddings", [False, True])
+def test_weight_decay_skips_vectors_norms_and_embeddings(
+  name, decay_embeddings
+):
+  # Zero gradients: the whole update is weight decay, -step * wd * p, exactly
+  # where it applies and nowhere else.
+  lr, alpha, wd = 0.1, 0.05, 0.5
+  params = _decay_params()
+  grads = jax.tree.map(jnp.zeros_like, params)
+  mask = None
+  if decay_embeddings:
+    mask = lambda p: mo.default_weight_decay_mask(p, decay_embeddings=True)
+  tx = getattr(mo, name)(
+    lr, alpha=alpha, weight_decay=wd, weight_decay_mask=mask
+  )
+  updates, _ = tx.update(grads, tx.init(params), params)
+  expected = {
+    "embed": {
+      "embedding": -lr * wd * params["embed"]["embedding"]
+      if decay_embeddings
+      else jnp.zeros((16, 8))
+    },
+    "block": {
+      "attn_norm": {"scale": jnp.zeros(8)},
+      "mlp": {
+        "kernel": -alpha * lr * wd * params["block"]["mlp"]["kernel"],
+        "bias": jnp.zeros(8),
+      },
+    },
+    "lm_head": {"kernel": -lr * wd * params["lm_head"]["kernel"]},
+  }
+  chex.assert_trees_all_close(updates, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_weight_decay_mask_as_a_tree_equals_the_callable():
+  params = _decay_params()
+  grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+  as_tree = mo.default_weight_decay_mask(params)
+  assert as_tree["lm_head"]["kernel"] and not as_tree["embed"]["embedding"]
+  updates = []
+  for mask in (None, as_tree):
+    tx = mo.sinkgd(0.1, weight_decay=0.5, weight_decay_mask=mask)
+    updates.append(tx.update(grads, tx.init(params), params)[0])
+  chex.assert_trees_all_equal(*updates)
+
+
+def test_default_weight_decay_mask_on_the_llama():
+  from models.llama import Llama, get_config
+
+  model = Llama(get_config("tiny"), rngs=nnx.Rngs(0))
+  mask = mo.default_weight_decay_mask(nnx.state(model, nnx.Param))
+  flat = {
+    jax.tree_util.keystr(p, simple=True, separator="/"): v
+    for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]
+  }
+  decayed = {k for k, v in flat.items() if v}
+  assert decayed, flat
+  assert all("norm" not in k and "embed" not in k for k in decayed), decayed
+  assert all(k in decayed for k in flat if k.endswith("kernel/value")), (
+    flat
+  )  # every Dense kernel, the LM head included

@@ -525,3 +525,31 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
   assert f"Last good checkpoint: {tmp_path / 'ckpt' / '4'}" in err
   assert complete_steps(tmp_path / "ckpt") == [2, 4]
   assert sorted(os.listdir(tmp_path / "ckpt")) == ["2", "4"]
+
+
+@pytest.mark.parametrize(
+  "flags",
+  [[], ["--adam-lr", "0.001"], ["--decay-embeddings"]],
+  ids=["adamw", "adamw-two-groups", "decay-embeddings"],
+)
+def test_adamw_weight_decay_spares_norm_scales_and_embeddings(flags):
+  # Zero gradients: AdamW's update is -lr * wd * p where decay applies, else 0.
+  # No warmup, so that the first step's lr is not 0 in either group.
+  args = train.parse_args(
+    ["--optimizer", "adamw", "--weight-decay", "0.5", "--warmup", "0"] + flags
+  )
+  tx = train.build_optimizer("adamw", optax.constant_schedule(0.1), args)
+  model = llama.Llama(llama.get_config("tiny"), rngs=nnx.Rngs(0))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  grads = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  moved = {
+    jax.tree_util.keystr(p, simple=True, separator="/"): bool(np.any(u != 0))
+    for p, u in jax.tree_util.tree_leaves_with_path(updates)
+  }
+  decay_embeddings = "--decay-embeddings" in flags
+  for name, was_moved in moved.items():
+    decayed = "kernel" in name or (decay_embeddings and "embed" in name)
+    assert was_moved == decayed, name
+  assert moved["embed/embedding"] == decay_embeddings
+  assert moved["lm_head/kernel"] and not moved["norm/scale"]
