@@ -28,7 +28,7 @@ import hashlib
 import math
 import os
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,8 @@ DOCUMENT_SEPARATOR = "\n\n"
 # Documents tokenized per call when streaming: big enough for batched tokenizers to
 # pay off, small enough not to overshoot the token budget by much.
 _STREAM_CHUNK_DOCS = 64
+# Documents tokenized between two progress reports.
+_PROGRESS_CHUNK_DOCS = 256
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -109,20 +111,33 @@ def _separator(tokenizer: Tokenizer) -> np.ndarray:
 
 
 def tokenize_documents(
-  documents: Sequence[bytes], tokenizer: Tokenizer
+  documents: Sequence[bytes],
+  tokenizer: Tokenizer,
+  progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
   """Token ids of `documents` (raw file contents), joined by a separator.
 
   The separator is the tokenizer's `eos_id` if it has one, else `DOCUMENT_SEPARATOR`.
+  `progress`, if given, is called with the number of documents just tokenized
+  (e.g. a tqdm bar's `update`); documents are then encoded in chunks, which
+  gives the same ids since each document is encoded on its own.
   """
   dtype = token_dtype(tokenizer.vocab_size)
   if isinstance(tokenizer, ByteTokenizer):
     # The bytes are the tokens: one join and one buffer view, no per-character
     # work, and files that are not valid UTF-8 keep their exact bytes.
     joined = DOCUMENT_SEPARATOR.encode().join(documents)
+    if progress is not None:
+      progress(len(documents))
     return np.frombuffer(joined, dtype=np.uint8).astype(dtype)
   texts = [d.decode("utf-8", errors="replace") for d in documents]
-  return _join(tokenizer.encode_batch(texts), _separator(tokenizer), dtype)
+  chunk = max(1, len(texts)) if progress is None else _PROGRESS_CHUNK_DOCS
+  parts = []
+  for i in range(0, len(texts), chunk):
+    parts.extend(tokenizer.encode_batch(texts[i : i + chunk]))
+    if progress is not None:
+      progress(len(texts[i : i + chunk]))
+  return _join(parts, _separator(tokenizer), dtype)
 
 
 def _join(
@@ -231,6 +246,7 @@ def _corpus_from_files(
   *,
   val_fraction: float,
   seed: int,
+  progress: Callable[[int], object] | None = None,
 ) -> Corpus:
   """Reads root/name for each name, splits by file (or by tail if only one file)."""
 
@@ -238,7 +254,7 @@ def _corpus_from_files(
     return [data for data in (Path(root, n).read_bytes() for n in ns) if data]
 
   if len(names) == 1 or val_fraction == 0:
-    tokens = tokenize_documents(read(names), tokenizer)
+    tokens = tokenize_documents(read(names), tokenizer, progress)
     if len(tokens) == 0:
       raise ValueError(f"data {label} is empty")
     train, val = _split_tail(tokens, val_fraction)
@@ -247,8 +263,8 @@ def _corpus_from_files(
     train_names, val_names = split_files(
       names, val_fraction=val_fraction, seed=seed
     )
-    train = tokenize_documents(read(train_names), tokenizer)
-    val = tokenize_documents(read(val_names), tokenizer)
+    train = tokenize_documents(read(train_names), tokenizer, progress)
+    val = tokenize_documents(read(val_names), tokenizer, progress)
     if len(train) == 0:
       raise ValueError(f"data {label} is empty")
     split = f"{len(train_names)} train / {len(val_names)} val"
@@ -265,7 +281,12 @@ def _corpus_from_files(
 
 
 def _load_text(
-  spec: str, tokenizer: Tokenizer, *, val_fraction: float, seed: int
+  spec: str,
+  tokenizer: Tokenizer,
+  *,
+  val_fraction: float,
+  seed: int,
+  progress: Callable[[int], object] | None = None,
 ) -> Corpus:
   if any(c in spec for c in "*?["):
     files = set()
@@ -287,7 +308,13 @@ def _load_text(
   root = os.path.commonpath([os.path.dirname(f) for f in files])
   names = [os.path.relpath(f, root) for f in files]
   return _corpus_from_files(
-    spec, root, names, tokenizer, val_fraction=val_fraction, seed=seed
+    spec,
+    root,
+    names,
+    tokenizer,
+    val_fraction=val_fraction,
+    seed=seed,
+    progress=progress,
   )
 
 
@@ -381,6 +408,7 @@ def _load_hf(
   *,
   val_fraction: float,
   max_tokens: int | None,
+  progress: Callable[[int], object] | None = None,
 ) -> Corpus:
   """The head of a streamed dataset: validation documents first, then training ones.
 
@@ -407,7 +435,9 @@ def _load_hf(
 
   def flush():
     nonlocal num_val, num_train
-    ids = tokenize_documents([t.encode("utf-8") for t in chunk], tokenizer)
+    ids = tokenize_documents(
+      [t.encode("utf-8") for t in chunk], tokenizer, progress
+    )
     # Each chunk is followed by a separator, as documents within a chunk are.
     ids = np.concatenate([ids, separator.astype(dtype)])
     if num_val < val_budget:
@@ -455,6 +485,7 @@ def load_corpus(
   val_fraction: float = 0.01,
   seed: int = 0,
   max_tokens: int | None = None,
+  progress: Callable[[int], object] | None = None,
 ) -> Corpus:
   """Loads the data source `data` (see the module docstring) as token ids.
 
@@ -467,6 +498,8 @@ def load_corpus(
     seed: picks which files go to validation.
     max_tokens: training tokens to materialise from a `hf:` stream (required there,
       ignored elsewhere: local sources are loaded whole).
+    progress: called with the number of documents tokenized since its last
+      call (e.g. a tqdm bar's `update`); never called for a .bin source.
 
   Returns:
     A `Corpus`. Loading is deterministic: the same arguments give the same arrays.
@@ -487,15 +520,22 @@ def load_corpus(
       tokenizer,
       val_fraction=val_fraction,
       seed=seed,
+      progress=progress,
     )
   if spec.startswith("hf:"):
     return _load_hf(
-      spec, tokenizer, val_fraction=val_fraction, max_tokens=max_tokens
+      spec,
+      tokenizer,
+      val_fraction=val_fraction,
+      max_tokens=max_tokens,
+      progress=progress,
     )
   if (parsed := _parse_bin(spec)) is not None:
     path, dtype = parsed
     return _load_bin(path, dtype, tokenizer, val_fraction=val_fraction)
-  return _load_text(spec, tokenizer, val_fraction=val_fraction, seed=seed)
+  return _load_text(
+    spec, tokenizer, val_fraction=val_fraction, seed=seed, progress=progress
+  )
 
 
 # ------------------------------------------------------------------ batches
