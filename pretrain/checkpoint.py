@@ -126,14 +126,7 @@ class Checkpoints:
         )
 
   def read_run_record(self, step: int) -> dict:
-    path = self._path / str(step) / "run" / "metadata"
-    try:
-      return json.loads(path.read_text())
-    except (OSError, ValueError):
-      raise ValueError(
-        f"checkpoint {self._path / str(step)} has no readable run "
-        f"record ({path})"
-      ) from None
+    return read_run_record(self._path, step)
 
   def open(self) -> None:
     """Clears the debris of interrupted saves and starts the orbax manager."""
@@ -208,3 +201,38 @@ def _short(value) -> str:
     return str(value["name"])
   text = str(value)
   return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_run_record(directory, step: int) -> dict:
+  """The run record saved with checkpoint `step` of `directory`.
+
+  Raises:
+    ValueError: it is missing or not JSON.
+  """
+  path = epath.Path(directory) / str(step) / "run" / "metadata"
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    raise ValueError(
+      f"checkpoint {path.parent.parent} has no readable run record ({path})"
+    ) from None
+
+
+def restore_params(directory, step: int, abstract_params):
+  """Only the parameters of checkpoint `step`, placed as `abstract_params` says.
+
+  For tools that read a run (sampling, evaluation): the optimizer state is not
+  read, and nothing in `directory` is written or moved, so a run may be
+  training and saving there meanwhile.
+  """
+  item = {"params": abstract_params}
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(
+      epath.Path(directory) / str(step) / "state",
+      args=ocp.args.PyTreeRestore(
+        item=item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True,
+      ),
+    )
+  return restored["params"]
