@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.util
 import math
 import os
 import sys
@@ -227,6 +228,12 @@ def parse_args(argv=None) -> TrainConfig:
     "--metrics",
     default=None,
     help="metrics JSONL file (default: RUN_DIR/metrics.jsonl; none: off)",
+  )
+  g.add_argument(
+    "--tensorboard",
+    action="store_true",
+    help="also write the metrics as TensorBoard scalars, to tensorboard/ "
+    "next to the metrics file (needs tensorboardX)",
   )
   g.add_argument("--no-progress", action="store_true", help="no progress bar")
   g.add_argument(
@@ -718,6 +725,14 @@ def train(args) -> dict:
   metrics_path = (
     None if metrics_path == "none" else os.path.abspath(metrics_path)
   )
+  tensorboard_dir = None
+  if args.tensorboard:
+    if importlib.util.find_spec("tensorboardX") is None:
+      raise ValueError(
+        "--tensorboard needs the tensorboardX package: pip install -e '.[train]'"
+      )
+    beside = os.path.dirname(metrics_path) if metrics_path else args.run_dir
+    tensorboard_dir = os.path.join(beside, "tensorboard")
 
   # Every input is checked before anything is built or written.
   tokenizer = load_tokenizer(args.tokenizer)
@@ -766,6 +781,7 @@ def train(args) -> dict:
     log_every=args.log_every,
     enabled=jax.process_index() == 0,
     progress=not args.no_progress,
+    tensorboard=tensorboard_dir,
   )
   for note in [*(ckpt.notes if ckpt else ()), *unsplit_dims(config, mesh)]:
     log.print(f"note: {note}")
@@ -837,6 +853,7 @@ def train(args) -> dict:
     "mesh": dict(mesh.shape),
     "ckpt_dir": ckpt.directory if save_every else None,
     "metrics": metrics_path,
+    "tensorboard": tensorboard_dir,
     **log.summary(),
   }
   log.print(_closing_line(summary))

@@ -65,6 +65,7 @@ class TrainConfig:
   eval_batches: int = 8
   log_every: int = 10
   metrics: str | None = None
+  tensorboard: bool = False
   no_progress: bool = False
   inject_nan_at: int | None = None
   # devices

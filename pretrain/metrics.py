@@ -5,6 +5,11 @@ One JSON object per line, each with "kind" and "step":
     {"kind": "train", "step": s, "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "time_s"}
     {"kind": "eval",  "step": s, "val_loss", "val_ppl", "time_s"}
 
+With `tensorboard=DIR` the same numbers also go to TensorBoard event files in DIR
+(tensorboardX's SummaryWriter), as scalars "train/loss", "train/lr",
+"train/grad_norm", "train/tokens_per_s", "eval/val_loss" and "eval/val_ppl" at
+their step.
+
 "time_s" is seconds since the run (or its resumption) started, taken when the record is
 made: after the step's update for train records, after the evaluation for eval records.
 
@@ -34,6 +39,9 @@ class RunLog:
     log_every: write a train record every N steps (and on the first and last).
     enabled: False on every process but 0: nothing is printed or written.
     progress: show a tqdm bar (on stderr).
+    tensorboard: a directory for TensorBoard event files, or None for none. On
+      resume, TensorBoard hides the old file's events from `start` on, which
+      the resumed run writes again.
   """
 
   def __init__(
@@ -46,6 +54,7 @@ class RunLog:
     log_every: int,
     enabled: bool = True,
     progress: bool = True,
+    tensorboard: str | None = None,
   ):
     self.path = path if enabled else None
     self.enabled = enabled
@@ -59,6 +68,13 @@ class RunLog:
     self._evals_on_file: set[int] = set()
     if self.path is not None:
       self._evals_on_file = _keep_records_before(self.path, start)
+    self._tensorboard = None
+    if enabled and tensorboard is not None:
+      from tensorboardX import SummaryWriter
+
+      self._tensorboard = SummaryWriter(
+        tensorboard, purge_step=start if start > 0 else None
+      )
     self._bar = None
     if enabled and progress:
       from tqdm import tqdm
@@ -140,6 +156,9 @@ class RunLog:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+      self._tensorboard = None
 
   def summary(self) -> dict:
     """Final losses, totals and the history of this run.
@@ -169,6 +188,18 @@ class RunLog:
     if self.path is not None:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+    if self._tensorboard is not None:
+      kind = record["kind"]
+      for name in _TENSORBOARD_SCALARS[kind]:
+        self._tensorboard.add_scalar(
+          f"{kind}/{name}", record[name], global_step=record["step"]
+        )
+
+
+_TENSORBOARD_SCALARS = {
+  "train": ("loss", "lr", "grad_norm", "tokens_per_s"),
+  "eval": ("val_loss", "val_ppl"),
+}
 
 
 def _keep_records_before(path: str, start: int) -> set[int]:
