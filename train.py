@@ -45,14 +45,16 @@ from models.llama import (
 )
 from multinorm_optax.multinorm import SINKGD_IMPLS
 from pretrain import mesh as meshlib
-from pretrain.checkpoint import Checkpoints
+from pretrain.checkpoint import Checkpoints, SaveError
 from pretrain.config import DEFAULT_LR, OPTIMIZERS, TrainConfig
 from pretrain.data import BatchSampler, load_corpus, validation_batches
-from pretrain.metrics import RunLog
+from pretrain.metrics import RunLog, check_metrics_file
+from pretrain.paths import check_writable_dir
 from pretrain.tokenizer import load_tokenizer
 
 __all__ = ["DEFAULT_LR", "OPTIMIZERS", "TrainConfig"]  # re-exported
 MUON_ADAM_LR = 3e-3  # muon's lr is far too large for the AdamW part
+SAVE_FAILED = 4  # the exit code when a checkpoint save failed
 
 
 class NonFiniteLossError(RuntimeError):
@@ -287,6 +289,9 @@ def parse_args(argv=None) -> TrainConfig:
   for name in ("ckpt_every", "eval_every", "eval_batches", "keep", "grad_clip"):
     if getattr(args, name) < 0:
       p.error(f"--{name.replace('_', '-')} must not be negative")
+  for name in ("devices", "cpu_devices"):
+    if getattr(args, name) is not None and getattr(args, name) < 1:
+      p.error(f"--{name.replace('_', '-')} must be at least 1")
   return TrainConfig(**vars(args))
 
 
@@ -543,7 +548,8 @@ def model_config(args, tokenizer=None):
 
 def run_record(args, config, tokenizer) -> dict:
   """What a checkpoint records about its run. Resuming needs the same model (compute
-  dtype aside), tokenizer and optimizer; other flags may change (with a note)."""
+  dtype aside), tokenizer, optimizer, batch size and sequence length; other flags
+  may change (with a note)."""
   model = {
     k: getattr(v, "__name__", v)
     for k, v in dataclasses.asdict(config).items()
@@ -553,6 +559,8 @@ def run_record(args, config, tokenizer) -> dict:
     "model": {"name": args.model, **model},
     "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
     "optimizer": {"name": args.optimizer},
+    # The batch of step s is cut from the corpus by (seed, s, batch, seq_len).
+    "data": {"--batch-size": args.batch_size, "--seq-len": args.seq_len},
     "args": {
       k: v
       for k, v in vars(args).items()
@@ -735,9 +743,14 @@ def train(args) -> dict:
     tensorboard_dir = os.path.join(beside, "tensorboard")
 
   # Every input is checked before anything is built or written.
-  tokenizer = load_tokenizer(args.tokenizer)
+  try:
+    tokenizer = load_tokenizer(args.tokenizer)
+  except RuntimeError as e:  # a missing optional package
+    raise ValueError(str(e)) from None
   config = model_config(args, tokenizer)
   ckpt = None
+  if args.ckpt_every:
+    check_writable_dir(ckpt_dir, "--ckpt-dir")
   if (
     args.ckpt_every or args.resume
   ):  # --resume --ckpt-every 0: restore, never save
@@ -751,6 +764,12 @@ def train(args) -> dict:
       raise ValueError(
         f"{ckpt_dir} holds step {ckpt.latest_step}, past --steps {args.steps}"
       )
+  if metrics_path is not None and jax.process_index() == 0:
+    check_metrics_file(
+      metrics_path,
+      start=(ckpt.latest_step or 0) if ckpt else 0,
+      resume=args.resume,
+    )
   corpus, sampler, val_batches = load_data(args, tokenizer)
   mesh = build_mesh(args, config)
 
@@ -862,7 +881,8 @@ def train(args) -> dict:
 
 def main(argv=None) -> int:
   """The command line: 0 on success, 1 (2 for a bad flag) on bad input, 3 when training
-  diverged, 130 when interrupted."""
+  diverged, 4 (`SAVE_FAILED`) when a checkpoint could not be saved, 130 when
+  interrupted."""
   try:
     args = parse_args(argv)
   except SystemExit as e:  # --help, or a flag error already printed on one line
@@ -877,6 +897,9 @@ def main(argv=None) -> int:
   except NonFiniteLossError as e:
     print(f"train.py: error: {e}", file=sys.stderr)
     return 3
+  except SaveError as e:
+    print(f"train.py: error: {e}", file=sys.stderr)
+    return SAVE_FAILED
   except KeyboardInterrupt:
     print(
       "train.py: interrupted; saved checkpoints are kept (continue with --resume)",
@@ -887,4 +910,11 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  code = main()
+  if code == SAVE_FAILED:
+    # Orbax's writer threads of the failed save may still wait for signals that
+    # will never come; they must not hold the process (and its allocation).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)

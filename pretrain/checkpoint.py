@@ -31,7 +31,18 @@ COMMIT_FILE = "commit_success.txt"
 TMP_MARKER = ".orbax-checkpoint-tmp"
 # Resuming with a different one of these would fail to load or silently train something
 # else; any other difference between run records is only noted.
-MUST_MATCH = ("model", "tokenizer", "optimizer")
+MUST_MATCH = ("model", "tokenizer", "optimizer", "data")
+# Why a different "data" is refused: the sampler serves step s the windows that
+# (seed, s, batch shape) pick; another batch shape picks other windows, so the rest
+# of the run would repeat some data and never see other data.
+DATA_WHY = (
+  "the remaining steps would be served other windows of the corpus, so data "
+  "would repeat or skip"
+)
+
+
+class SaveError(RuntimeError):
+  """A checkpoint save failed; the message is one line naming the step."""
 
 
 def _step_dirs(directory: epath.Path) -> dict[int, bool]:
@@ -91,6 +102,7 @@ class Checkpoints:
     self.notes: list[str] = []
     self._keep = keep
     self._manager = None
+    self._pending_step = None  # saved, maybe not yet committed
     steps = complete_steps(self._path)
     self._debris = _debris(self._path)
     if not resume and (steps or self._debris):
@@ -104,14 +116,18 @@ class Checkpoints:
         f"that run or --ckpt-dir to start a new one elsewhere"
       )
     self.latest_step = steps[-1] if steps else None
+    self._last_committed = self.latest_step
     if self.latest_step is not None:
       saved = self.read_run_record(self.latest_step)
       for key in MUST_MATCH:
+        if key not in saved and key == "data":
+          continue  # saved before batch shapes were recorded
         if saved.get(key) != run_record.get(key):
+          why = f": {DATA_WHY}" if key == "data" else ""
           raise ValueError(
             f"{directory} holds a run with a different {key} "
-            f"({_short(saved.get(key))}, not {_short(run_record.get(key))}); "
-            f"use another --ckpt-dir"
+            f"({_short(saved.get(key))}, not {_short(run_record.get(key))})"
+            f"{why}; use another --ckpt-dir"
           )
       old, new = saved.get("args", {}), run_record.get("args", {})
       changed = [
@@ -169,37 +185,100 @@ class Checkpoints:
     return restored["state"]
 
   def save(self, step: int, state) -> None:
-    """Saves `state` as `step`, asynchronously (`close()` waits for it)."""
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        run=ocp.args.JsonSave(self.run_record),
-      ),
-    )
+    """Saves `state` as `step`, asynchronously (`close()` waits for it).
+
+    Raises:
+      SaveError: this save, or the previous one still finishing in the
+        background, failed. Orbax's threads are shut down first, so the caller
+        can exit at once; every step committed before stays.
+    """
+    self._wait(self._pending_step)  # orbax's save() would wait for it too
+    try:
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          run=ocp.args.JsonSave(self.run_record),
+        ),
+      )
+    except Exception as e:
+      self._abort()
+      raise SaveError(self._failure(step, e)) from e
+    self._pending_step = step
     self.latest_step = step
 
   def close(self) -> None:
-    if self._manager is not None:
+    """Waits for the last save to be committed and shuts orbax's threads down.
+
+    Raises:
+      SaveError: the last save failed.
+    """
+    if self._manager is None:
+      return
+    self._wait(self._pending_step)
+    self._manager.close()
+    self._manager = None
+
+  def _wait(self, step: int | None) -> None:
+    """Waits for the save of `step` (None: none pending) to be committed."""
+    try:
       self._manager.wait_until_finished()
-      self._manager.close()
-      self._manager = None
+    except Exception as e:
+      self._abort()
+      raise SaveError(self._failure(step, e)) from e
+    self._committed(step)
+
+  def _committed(self, step: int | None) -> None:
+    if step is not None:
+      self._last_committed = step
+    self._pending_step = None
+
+  def _abort(self) -> None:
+    """Closes the manager after a failed save; its own errors are the same."""
+    manager, self._manager = self._manager, None
+    for _ in range(2):  # the first call re-raises the failure once
+      try:
+        manager.close()
+        return
+      except Exception:
+        continue
+
+  def _failure(self, step, error: Exception) -> str:
+    kept = (
+      f"last good checkpoint: {self._path / str(self._last_committed)}"
+      if self._last_committed is not None
+      else "no checkpoint was saved"
+    )
+    what = f"{type(error).__name__}: {error}".splitlines()[0]
+    return (
+      f"saving checkpoint step {step} to {self.directory} failed ({what}); "
+      f"stopped, {kept}"
+    )
 
 
 def _manager_options(keep: int) -> ocp.CheckpointManagerOptions:
   n = keep if keep > 0 else None
+  # The step directory is created in `save()` itself, not in the background: when
+  # that fails (a file in the way, no permission, no space), orbax's background
+  # writers would otherwise wait for it forever and the process could not exit.
+  async_options = ocp.AsyncOptions(create_directories_asynchronously=False)
   latest_n = getattr(getattr(ocp, "checkpoint_managers", None), "LatestN", None)
   if latest_n is None:  # older orbax: no preservation policies yet
-    return ocp.CheckpointManagerOptions(create=True, max_to_keep=n)
+    return ocp.CheckpointManagerOptions(
+      create=True, max_to_keep=n, async_options=async_options
+    )
   return ocp.CheckpointManagerOptions(
-    create=True, preservation_policy=latest_n(n=n)
+    create=True, preservation_policy=latest_n(n=n), async_options=async_options
   )
 
 
 def _short(value) -> str:
   if isinstance(value, dict) and "name" in value:
     return str(value["name"])
-  text = str(value)
+  if isinstance(value, dict):
+    text = ", ".join(f"{k} {v}" for k, v in value.items())
+  else:
+    text = str(value)
   return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -321,7 +321,12 @@ def _load_text(
 def _parse_bin(spec: str) -> tuple[str, type[np.unsignedinteger]] | None:
   """(path, dtype) if `spec` names a pre-tokenized .bin file, else None."""
   path, _, suffix = spec.rpartition(":")
-  if path.endswith(".bin") and suffix in ("uint16", "uint32"):
+  if path.endswith(".bin"):
+    if suffix not in ("uint16", "uint32"):
+      raise ValueError(
+        f"unsupported token dtype {suffix} in {spec}: a .bin file holds "
+        f"uint16 or uint32 token ids"
+      )
     return path, np.dtype(suffix).type
   if spec.endswith(".bin"):
     return spec, np.uint16

@@ -25,6 +25,8 @@ import os
 import sys
 import time
 
+from pretrain.paths import check_writable_dir
+
 
 class RunLog:
   """Progress bar, JSONL metrics and in-memory history of one run.
@@ -200,6 +202,29 @@ _TENSORBOARD_SCALARS = {
   "train": ("loss", "lr", "grad_norm", "tokens_per_s"),
   "eval": ("val_loss", "val_ppl"),
 }
+
+
+def check_metrics_file(path: str, *, start: int, resume: bool) -> None:
+  """Raises ValueError if `RunLog(path, start=start)` could not write `path`, or
+  would drop the records of an earlier run.
+
+  A run that starts at step 0 starts a fresh file, so a file that already holds
+  records is refused: continuing it needs a checkpoint to resume from, since the
+  records past the restored step are the ones the resumed run replays.
+  """
+  if os.path.isdir(path):
+    raise ValueError(f"--metrics {path} is a directory, not a file")
+  check_writable_dir(os.path.dirname(os.path.abspath(path)), "--metrics")
+  if start == 0 and os.path.isfile(path) and os.path.getsize(path) > 0:
+    how = (
+      "but there is no checkpoint to continue it from"
+      if resume
+      else "pass --resume to continue that run"
+    )
+    raise ValueError(
+      f"metrics file {path} already holds records of an earlier run; {how}, "
+      f"or choose another --run-dir or --metrics"
+    )
 
 
 def _keep_records_before(path: str, start: int) -> set[int]:

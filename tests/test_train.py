@@ -469,7 +469,8 @@ def tiny_text(tmp_path_factory):
     (["--mesh", "data=2,fsdp=2,tensor=1"], "holds 4 devices but 8 are in use"),
     (["--mesh", "data=3"], "do not divide the 8 devices"),
     (
-      ["--mesh", "fsdp=8", "--batch-size", "4"],
+      # A fresh --ckpt-dir: resuming fsdp8's run with another batch is refused.
+      ["--mesh", "fsdp=8", "--batch-size", "4", "--ckpt-dir", "{texts}/new"],
       "does not divide over data x fsdp = 8",
     ),
     (["--data", "{texts}/missing.txt"], "data not found"),
@@ -477,7 +478,8 @@ def tiny_text(tmp_path_factory):
     (["--data", "{texts}/nothing"], "has no text files"),
     (["--seq-len", "100000"], "longer than model tiny's context of 256 tokens"),
     (
-      ["--data", "{texts}/short.txt", "--seq-len", "64"],
+      ["--data", "{texts}/short.txt", "--seq-len", "64"]
+      + ["--ckpt-dir", "{texts}/new"],
       "longer than the training data",
     ),
     (["--model", "60m"], "holds a run with a different model"),
@@ -553,3 +555,183 @@ def test_adamw_weight_decay_spares_norm_scales_and_embeddings(flags):
     assert was_moved == decayed, name
   assert moved["embed/embedding"] == decay_embeddings
   assert moved["lm_head/kernel"] and not moved["norm/scale"]
+
+
+# ------------------------------------------------------------------ reliability
+
+# Runs train.main in a subprocess after making orbax's background write of the run
+# record fail at the save of step 4: a fault injected where a full disk would strike.
+FAIL_BACKGROUND_SAVE = """
+import errno, sys
+from orbax.checkpoint._src.handlers import json_checkpoint_handler as h
+save_fn = h.JsonCheckpointHandler._save_fn
+async def failing(self, x, directory):
+  if directory.parent.name.startswith("4."):  # the temporary dir of step 4
+    raise OSError(errno.ENOSPC, "No space left on device")
+  return await save_fn(self, x, directory)
+h.JsonCheckpointHandler._save_fn = failing
+import runpy
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("steps", ["4", "6"])
+def test_failed_background_save_stops_the_run_with_one_line(tmp_path, steps):
+  # steps 4: the failure surfaces when the run closes; 6: at the next save.
+  flags = SMALL + ["--steps", steps, "--ckpt-every", "2", "--keep", "0"]
+  proc = subprocess.run(
+    [sys.executable, "-c", FAIL_BACKGROUND_SAVE, *flags]
+    + ["--run-dir", str(tmp_path / "run")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=240,  # before the fix, the process never exited
+  )
+  assert proc.returncode == train.SAVE_FAILED, proc.stderr[-3000:]
+  # Our one line comes last (orbax logs the failure in its own words before).
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("train.py: error: saving checkpoint step 4"), last
+  assert "No space left on device" in last
+  assert "last good checkpoint:" in last and last.endswith(
+    os.path.join("run", "ckpt", "2")
+  )
+  assert proc.stderr.count("train.py: error:") == 1
+  assert complete_steps(tmp_path / "run" / "ckpt") == [2]
+
+
+def test_save_that_raises_stops_the_run_and_keeps_earlier_checkpoints(
+  tmp_path, capsys, monkeypatch
+):
+  import orbax.checkpoint as ocp
+
+  save = ocp.CheckpointManager.save
+
+  def failing(self, step, *a, **k):
+    if step == 4:
+      raise PermissionError(13, "Permission denied", "ckpt/4")
+    return save(self, step, *a, **k)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", failing)
+  code = train.main(
+    SMALL + ["--run-dir", str(tmp_path), "--ckpt-every", "2", "--keep", "0"]
+  )
+  err = capsys.readouterr().err
+  assert code == train.SAVE_FAILED
+  assert err.count("\n") == 1 and "saving checkpoint step 4" in err, err
+  assert "Permission denied" in err
+  assert complete_steps(tmp_path / "ckpt") == [2]
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--ckpt-dir", "{file}"], "is a file, not a directory"),
+    (["--ckpt-dir", "{file}/ckpt"], "is a file, not a directory"),
+    (["--run-dir", "{file}"], "is a file, not a directory"),
+    (["--metrics", "{dir}"], "is a directory, not a file"),
+    (["--metrics", "{file}/m.jsonl"], "is a file, not a directory"),
+    (["--cpu-devices", "0"], "--cpu-devices must be at least 1"),
+    (["--cpu-devices", "-2"], "--cpu-devices must be at least 1"),
+    (["--devices", "0"], "--devices must be at least 1"),
+    (["--tokenizer", "{tok_json}"], "needs the 'tokenizers' package"),
+    (["--tokenizer", "{tok_model}"], "needs the 'sentencepiece' package"),
+    (["--data", "{dir}/x.bin:uint64"], "unsupported token dtype uint64"),
+  ],
+)
+def test_bad_output_paths_and_flags_are_one_line_errors_and_write_nothing(
+  flags, message, tmp_path, capsys, monkeypatch
+):
+  # As if the optional [hf] extra were not installed.
+  monkeypatch.setitem(sys.modules, "tokenizers", None)
+  monkeypatch.setitem(sys.modules, "sentencepiece", None)
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "afile").write_text("not a directory")
+  (tmp_path / "adir").mkdir()
+  (tmp_path / "tok.json").write_text("{}")
+  (tmp_path / "tok.model").write_text("")
+  (tmp_path / "adir" / "x.bin").write_bytes(bytes(64))
+  names = dict(
+    file=tmp_path / "afile",
+    dir=tmp_path / "adir",
+    tok_json=tmp_path / "tok.json",
+    tok_model=tmp_path / "tok.model",
+  )
+  flags = [f.format(**names) for f in flags]
+  if "--run-dir" not in flags:
+    flags += ["--run-dir", str(tmp_path / "run")]
+  before = snapshot(tmp_path)
+  code = train.main(SMALL + ["--ckpt-every", "2"] + flags)
+  err = capsys.readouterr().err
+  assert code in (1, 2)
+  assert err.startswith("train.py: error: ") and err.count("\n") == 1, err
+  assert message in err
+  assert snapshot(tmp_path) == before
+  assert sorted(os.listdir(tmp_path)) == sorted(
+    ["afile", "adir", "tok.json", "tok.model"]
+  )
+
+
+def test_read_only_checkpoint_dir_is_refused_before_training(
+  tmp_path, capsys, monkeypatch
+):
+  import errno
+  import tempfile
+
+  def read_only_mount(*a, **k):  # what a read-only file system answers
+    raise OSError(errno.EROFS, "Read-only file system")
+
+  (tmp_path / "ckpt").mkdir()
+  monkeypatch.setattr(tempfile, "TemporaryFile", read_only_mount)
+  code = train.main(SMALL + ["--run-dir", str(tmp_path), "--metrics", "none"])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count("\n") == 1, err
+  assert "--ckpt-dir" in err and "Read-only file system" in err
+  assert os.listdir(tmp_path / "ckpt") == []
+
+
+@pytest.mark.skipif(
+  hasattr(os, "geteuid") and os.geteuid() == 0,
+  reason="root bypasses file permissions: a chmod 555 directory stays "
+  "writable (the read-only mount case is tested by fault injection)",
+)
+def test_checkpoint_dir_without_write_permission_is_refused(tmp_path, capsys):
+  ckpt = tmp_path / "ckpt"
+  ckpt.mkdir()
+  ckpt.chmod(0o555)
+  try:
+    code = train.main(SMALL + ["--run-dir", str(tmp_path), "--metrics", "none"])
+  finally:
+    ckpt.chmod(0o755)
+  err = capsys.readouterr().err
+  assert code == 1 and "is not writable" in err and err.count("\n") == 1
+
+
+def test_metrics_of_an_earlier_run_are_never_truncated(tmp_path, capsys):
+  run(tmp_path, "--ckpt-every", "0")
+  metrics = tmp_path / "metrics.jsonl"
+  before = metrics.read_text()
+  assert before.count("\n") == STEPS
+  for flags in (["--ckpt-every", "0"], ["--ckpt-every", "0", "--resume"]):
+    code = train.main(SMALL + ["--run-dir", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "already holds records of an earlier run" in err
+    assert metrics.read_text() == before
+
+
+@pytest.mark.parametrize(
+  "flag, value", [("--batch-size", "16"), ("--seq-len", "64")]
+)
+def test_resume_with_other_data_windows_is_refused(flag, value, fsdp8, capsys):
+  ckpt = fsdp8[1] / "ckpt"
+  before = snapshot(ckpt)
+  code = train.main(
+    SMALL
+    + ["--ckpt-dir", str(ckpt), "--metrics", "none", "--resume"]
+    + ["--steps", "12", flag, value]
+  )
+  err = capsys.readouterr().err
+  assert code == 1 and err.count("\n") == 1, err
+  assert flag in err and "repeat or skip" in err
+  assert snapshot(ckpt) == before
