@@ -38,13 +38,18 @@ def alternate_normalizers(
 
   .. math:: G_L = (P_K \circ \dots \circ P_1)^{L} (G / \max_{ij} |G_{ij}|)
 
-  The first division is exact for the result, because every normalizer is
+  The first division (by a power of two near ``max |G|``, see
+  :func:`~multinorm_optax.normalizers.to_unit_max`) is exact for the result,
+  because every normalizer is
   invariant to positive scaling, and it keeps squares of the entries inside
-  float32's range for gradients from 1e-30 to 1e30.
+  float32's range for every finite gradient, up to float32's largest value.
 
   Non-finite policy: if ``g`` holds a NaN or Inf, the whole result is NaN, so
   ``optax.apply_if_finite`` (or a NaN check on the loss) can skip the step
-  instead of applying a partly normalized update.
+  instead of applying a partly normalized update. So is the result of a
+  traced ``num_iters`` below 1 (under ``optax.inject_hyperparams``), which
+  the static path refuses with a ValueError: zero rounds would leave ``G``
+  unnormalized, silently.
 
   Examples:
     >>> import jax
@@ -60,7 +65,7 @@ def alternate_normalizers(
     return g
   x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
   amax = jnp.max(jnp.abs(x))
-  x = x * norms.safe_ratio(1.0, amax)
+  x = norms.to_unit_max(x, amax)
 
   def one_round(_, x):
     for normalize in normalizers:
@@ -68,7 +73,7 @@ def alternate_normalizers(
     return x
 
   x = norms.repeat(one_round, num_iters, x)
-  x = jnp.where(jnp.isfinite(amax), x, jnp.nan)
+  x = jnp.where(jnp.isfinite(amax) & (num_iters >= 1), x, jnp.nan)
   return x.astype(g.dtype)
 
 

@@ -39,6 +39,37 @@ def safe_ratio(target, norm: Array) -> Array:
   return jnp.where(positive, target / jnp.where(positive, norm, 1.0), 0.0)
 
 
+def sqrt0(s: Array) -> Array:
+  """``sqrt(s)`` for ``s >= 0``, with a zero (not infinite) gradient at ``s = 0``.
+
+  A zero row, column or matrix then stays zero under ``jax.grad`` too: the
+  plain ``sqrt`` would turn its zero cotangent into ``0 * inf = NaN``, which
+  spreads to every entry through the shared scaling vectors.
+  """
+  positive = s > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, s, 1.0)), 0.0)
+
+
+def to_unit_max(x: Array, amax: Array) -> Array:
+  r"""``x`` scaled by an exact power of two so that ``max |x|`` lies in ``[1/2, 1)``.
+
+  .. math:: x \cdot 2^{-e}, \qquad \max|x| = f \cdot 2^{e},\ f \in [1/2, 1)
+
+  ``amax`` is ``max |x|`` over the axes being normalized (broadcastable to
+  ``x``). The factor ``2^{-e}`` is applied as two halves, each a normal
+  float32 number: a reciprocal ``1 / amax``, or ``2^{-e}`` at once, is
+  subnormal for ``amax >= 2^{126}`` (about 8.5e37) and flushes to zero on
+  accelerators; a division by ``amax`` is turned into that multiplication by
+  XLA. So every finite scale, up to float32's largest, comes out in range. A
+  zero ``amax`` leaves ``x`` (zero) unchanged. The exponent carries no
+  gradient: the factor is piecewise constant in ``amax``.
+  """
+  _, e = jnp.frexp(jax.lax.stop_gradient(amax))
+  half = e // 2
+  one = jnp.ones((), x.dtype)
+  return x * jnp.ldexp(one, -half) * jnp.ldexp(one, half - e)
+
+
 def repeat(body, num_iters, init):
   """``body(i, x)`` applied ``num_iters`` times, starting from ``x = init``.
 
@@ -74,7 +105,7 @@ def row_l2(g: Array) -> Array:
   """
   x = _f32(g)
   n = x.shape[-1]
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+  norm = sqrt0(jnp.sum(x * x, axis=-1, keepdims=True))
   return (x * safe_ratio(jnp.sqrt(jnp.float32(n)), norm)).astype(g.dtype)
 
 
@@ -94,7 +125,7 @@ def col_l2(g: Array) -> Array:
   """
   x = _f32(g)
   m = x.shape[-2]
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-2, keepdims=True))
+  norm = sqrt0(jnp.sum(x * x, axis=-2, keepdims=True))
   return (x * safe_ratio(jnp.sqrt(jnp.float32(m)), norm)).astype(g.dtype)
 
 
@@ -118,7 +149,7 @@ def row_standardize(g: Array) -> Array:
   """
   x = _f32(g)
   centered = x - jnp.mean(x, axis=-1, keepdims=True)
-  std = jnp.sqrt(jnp.mean(centered * centered, axis=-1, keepdims=True))
+  std = sqrt0(jnp.mean(centered * centered, axis=-1, keepdims=True))
   return (centered * safe_ratio(1.0, std)).astype(g.dtype)
 
 
@@ -136,7 +167,7 @@ def rms(g: Array) -> Array:
   """
   x = _f32(g)
   m, n = x.shape[-2:]
-  norm = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
+  norm = sqrt0(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
   return (x * safe_ratio(jnp.sqrt(jnp.float32(m * n)), norm)).astype(g.dtype)
 
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from multinorm_optax.layout import CanonicalLayout
-from multinorm_optax.normalizers import repeat, safe_ratio
+from multinorm_optax.normalizers import repeat, safe_ratio, sqrt0, to_unit_max
 
 
 def sinkhorn_scaled(
@@ -37,8 +37,10 @@ def sinkhorn_scaled(
 
   Equal (up to float32 rounding) to :func:`multinorm_optax.alternate_normalizers`
   with ``[row_l2, col_l2]``, including its float32 math, its scale invariance
-  (``G`` is divided by ``max |G|`` inside each read), zero rows and columns
-  staying zero, and its NaN policy (a non-finite entry makes the matrix NaN).
+  (``G`` is divided by a power of two near ``max |G|`` inside each read, see
+  :func:`~multinorm_optax.normalizers.to_unit_max`), zero rows and columns
+  staying zero, and its NaN policy (a non-finite entry, or a traced
+  ``num_iters`` below 1, makes the matrix NaN).
   """
   if g.size == 0:
     return g
@@ -49,24 +51,23 @@ def sinkhorn_scaled(
   matrix_axes = rows_of + cols_of
   f32 = jnp.promote_types(g.dtype, jnp.float32)
   amax = jnp.max(jnp.abs(g), axis=matrix_axes, keepdims=True).astype(f32)
-  inv_amax = safe_ratio(1.0, amax)
   sqrt_n = jnp.sqrt(jnp.asarray(layout.n, f32))
   sqrt_m = jnp.sqrt(jnp.asarray(layout.m, f32))
 
   def sum_of_squares(scale, axes):
     # The scale is applied before squaring and differs in every half-step, so
     # XLA cannot merge the reads into one shared (and materialized) G * G.
-    x = g.astype(f32) * (scale * inv_amax)
+    x = to_unit_max(g.astype(f32), amax) * scale
     return jnp.sum(x * x, axis=axes, keepdims=True)
 
   def one_round(_, c):
-    r = safe_ratio(sqrt_n, jnp.sqrt(sum_of_squares(c, rows_of)))
-    c = safe_ratio(sqrt_m, jnp.sqrt(sum_of_squares(r, cols_of)))
+    r = safe_ratio(sqrt_n, sqrt0(sum_of_squares(c, rows_of)))
+    c = safe_ratio(sqrt_m, sqrt0(sum_of_squares(r, cols_of)))
     return r, c
 
   r = jnp.ones([1 if a in rows_of else d for a, d in enumerate(g.shape)], f32)
   c = jnp.ones([1 if a in cols_of else d for a, d in enumerate(g.shape)], f32)
   r, c = repeat(lambda i, rc: one_round(i, rc[1]), num_iters, (r, c))
-  out = g.astype(f32) * (inv_amax * r) * c
-  out = jnp.where(jnp.isfinite(amax), out, jnp.nan)
+  out = to_unit_max(g.astype(f32), amax) * r * c
+  out = jnp.where(jnp.isfinite(amax) & (num_iters >= 1), out, jnp.nan)
   return out.astype(g.dtype)
