@@ -79,6 +79,13 @@ def parse_args(argv=None) -> TrainConfig:
     "--model", default="tiny", help="tiny, 60m, 130m, 350m or 1b (%(default)s)"
   )
   g.add_argument(
+    "--d-model",
+    type=int,
+    default=None,
+    help="widen or narrow --model to this width: same depth and head size, "
+    "heads and d_ff scaled (default: the preset's)",
+  )
+  g.add_argument(
     "--optimizer",
     default="sinkgd",
     choices=OPTIMIZERS,
@@ -118,6 +125,12 @@ def parse_args(argv=None) -> TrainConfig:
     default="auto",
     choices=SINKGD_IMPLS,
     help="sinkgd: SR-Sinkhorn implementation (%(default)s)",
+  )
+  g.add_argument(
+    "--ns-steps",
+    type=int,
+    default=10,
+    help="swan: Newton-Schulz steps of the whitening (%(default)s)",
   )
   g.add_argument(
     "--weight-decay",
@@ -160,7 +173,8 @@ def parse_args(argv=None) -> TrainConfig:
   g.add_argument(
     "--data",
     default=None,
-    help="stdlib (default: the Python standard library's sources), a text "
+    help="stdlib (default: the Python standard library's sources), jaxstack "
+    "(the sources of numpy, jax, flax, optax, orbax, chex), a text "
     "file/dir/glob, PATH.bin[:uint32] or hf:NAME[:CONFIG]",
   )
   g.add_argument(
@@ -283,7 +297,14 @@ def parse_args(argv=None) -> TrainConfig:
     help="multi-process: this one's index (default: $JAX_PROCESS_ID)",
   )
   args = p.parse_args(argv)
-  for name in ("steps", "batch_size", "seq_len", "log_every", "num_iters"):
+  for name in (
+    "steps",
+    "batch_size",
+    "seq_len",
+    "log_every",
+    "num_iters",
+    "ns_steps",
+  ):
     if getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')} must be at least 1")
   for name in ("ckpt_every", "eval_every", "eval_batches", "keep", "grad_clip"):
@@ -388,6 +409,7 @@ def build_optimizer(
     return mo.swan(
       schedule,
       alpha=args.alpha,
+      ns_steps=args.ns_steps,
       weight_decay=wd,
       weight_decay_mask=decay_mask,
       adam_learning_rate=adam_schedule,
@@ -537,6 +559,20 @@ def model_config(args, tokenizer=None):
   if tokenizer is not None and tokenizer.vocab_size != base.vocab_size:
     # Rounded up so that a vocab like GPT-2's 50257 still splits over 'tensor'.
     overrides["vocab_size"] = -(-tokenizer.vocab_size // 128) * 128
+  if args.d_model is not None:
+    # Width scaling: same depth and head size; heads and d_ff grow with d_model.
+    if args.d_model % base.head_dim:
+      raise ValueError(
+        f"--d-model {args.d_model} is not a multiple of model {args.model}'s "
+        f"head size {base.head_dim}"
+      )
+    heads = args.d_model // base.head_dim
+    overrides.update(
+      d_model=args.d_model,
+      n_heads=heads,
+      n_kv_heads=base.n_kv_heads and heads * base.n_kv_heads // base.n_heads,
+      d_ff=base.d_ff * args.d_model // base.d_model,
+    )
   config = get_config(args.model, **overrides)
   if args.seq_len > config.max_seq_len:
     raise ValueError(

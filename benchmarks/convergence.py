@@ -1,46 +1,52 @@
-r"""Convergence against AdamW: validation loss per step, token and second, each optimizer tuned.
+r"""Convergence against the best AdamW: each optimizer tuned, then seeds x corpora.
 
-    python benchmarks/convergence.py                     # CPU: tiny model, 4 optimizers x 3 lrs
-    python benchmarks/convergence.py --optimizers adamw,sinkgd --lrs-sinkgd 0.01,0.03
+    python benchmarks/convergence.py --in-process      # CPU default (see docs/BENCHMARKS.md)
+    python benchmarks/convergence.py --optimizers adamw2,sinkgd --seeds 0 --corpora stdlib
 
 Every run is `train.train` (train.py's model, data, schedule and step; no second loop)
-with the same model, data and data order (--seed), batch, sequence length, steps and
-schedule (linear warmup over 10% of the steps, then cosine to 10% of the peak).
-Only --optimizer and --lr change. Each optimizer is swept over a small learning-rate
-grid (`--lrs-<optimizer>`, defaults in `DEFAULT_LRS`); its best run, by final
-validation loss, is the run compared: same budget, nothing re-run. For sinkgd and swan
-the swept lr is the recipe's global one: AdamW steps embeddings, head and norms at lr,
-the hidden matrices step alpha * lr (alpha fixed, 0.05 as in the paper). Muon's AdamW
-part keeps train.py's lr (3e-3).
+with the same model, batch, sequence length, steps and schedule (linear warmup over
+10% of the steps, then cosine to 10% of the peak). A seed fixes the model's init, the
+data order and the validation files, the same for every optimizer.
 
-Each run is a fresh process (unless --in-process), so a device's peak-memory counter
-(`memory_stats()["peak_bytes_in_use"]`, a running maximum that JAX cannot reset) belongs
-to that run alone. CPUs have no such counter: memory is "n/a" there, and the memory
-plot shows optimizer-state bytes instead (from `jax.eval_shape` of the optimizer's init
-over the model's parameters, the same for any device).
+The protocol:
 
-Reported per optimizer: best lr, final validation loss and perplexity, the first
-evaluation at which it reaches AdamW's final validation loss (step, tokens, training
-seconds) and the paper's speedup, step at which AdamW first reaches its final loss /
-that step ("not reached" if never; the resolution is --eval-every), tokens/s, peak
-memory and optimizer-state bytes. Times are training time: the summed duration of the
-steps, leaving out the first (compilation) and the evaluations (a step that follows an
-evaluation counts as the median step); tokens/s is tokens per step / the median step
-time. They are this machine's, under whatever else runs on it (the load average after
-each run is recorded); compare them only within one run of this script.
+1. Tuning, on seed --tune-seed of the first corpus. Each optimizer runs every point
+   of its grid (`DEFAULT_GRIDS`, or --lrs-NAME / --adam-lrs-NAME): a 1-D grid over
+   --lr, or for two lr groups a 2-D grid over --lr x --adam-lr (the hidden matrices'
+   lr x the lr of the AdamW group: embeddings, head, norms). `adamw` is plain AdamW
+   (one lr for everything); `adamw2` is AdamW with the recipes' two groups, hidden
+   matrices at lr and the rest at adam_lr; sinkgd and swan step their matrices
+   alpha * lr along the normalized gradient (alpha 0.05). When the best point (lowest
+   final validation loss) sits on an edge of its grid along an axis, one point past
+   that edge (one grid step further, the other lr kept) is run, until the best is
+   inside or --max-extend points were added; a best point still on an edge is
+   flagged "edge" in the tables.
+2. Each optimizer at its best point, on every --seeds x --corpora (the tuning run is
+   reused). Ablation variants (--ablations) run at their base optimizer's best point
+   on every seed of the first corpus.
+3. Per corpus: mean and sample standard deviation over seeds of the final validation
+   loss and of the steps to the target, the target of a seed being the final
+   validation loss of the best AdamW (the kind, adamw or adamw2, with the lower mean
+   final loss on that corpus) on that seed. Speedup = the best AdamW's steps to its
+   own final loss / the optimizer's steps, per seed, then mean and std. A difference
+   in mean final loss no larger than the two standard deviations added is printed
+   "tie"; so is a speedup whose mean +- std contains 1.
 
-Outputs in --out (default benchmarks/results/convergence_<platform>): convergence.json
-(every run with its history and evaluations, the settings, the machine, library versions,
-date and command; rewritten after each run), convergence.md (sweep and summary tables,
-also printed at the end) and the plots val_loss_vs_step.png, val_loss_vs_time.png,
-memory.png and lr_sweep.png.
+Runs are kept as small JSON files in OUT/runs/, named by a hash of their train.py
+flags: running the command again reuses every run whose flags are unchanged, so the
+phases can be run (and interrupted) separately. Outputs in OUT: convergence.json (the
+settings, machine, versions, command, tuning and final runs, summary), convergence.md
+(the tables, also printed) and the plots val_loss_vs_step.png (mean +- std bands) and
+lr_sweep.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import multiprocessing
@@ -61,9 +67,7 @@ import optax
 import multinorm_optax as mo
 
 REPO = Path(__file__).resolve().parents[1]
-if (
-  str(REPO) not in sys.path
-):  # `python benchmarks/convergence.py` from a checkout
+if str(REPO) not in sys.path:  # `python benchmarks/convergence.py`
   sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
@@ -71,28 +75,63 @@ from benchmarks.step_cost import tree_bytes  # noqa: E402
 from models.llama import abstract_params  # noqa: E402
 from pretrain.tokenizer import load_tokenizer  # noqa: E402
 
-DEFAULT_OPTIMIZERS = ("adamw", "sinkgd", "swan", "muon")
-# Grids 2-3x apart whose middle value was the best of a wider sweep of the default CPU
-# run (adamw 3e-4..1e-2, sinkgd/swan 3e-3..0.1, muon 0.01..0.05). For sinkgd/swan the
-# hidden matrices get alpha * lr.
-DEFAULT_LRS = {
-  "adamw": (3e-4, 1e-3, 3e-3),
-  "sinkgd": (1e-2, 3e-2, 0.1),
-  "swan": (1e-2, 3e-2, 0.1),
-  "muon": (0.01, 0.02, 0.05),
-  "adafactor": (3e-3, 1e-2, 3e-2),
-  "sgd": (0.1, 0.3, 1.0),
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One optimizer as compared here: train.py's --optimizer and extra flags.
+
+  `two_groups`: tuned over --adam-lr too. `base`: an ablation, run at its base
+  variant's best point instead of being tuned.
+  """
+
+  optimizer: str
+  two_groups: bool = False
+  flags: tuple[str, ...] = ()
+  base: str | None = None
+
+
+VARIANTS = {
+  "adamw": Variant("adamw"),
+  "adamw2": Variant("adamw", two_groups=True),
+  "sinkgd": Variant("sinkgd", two_groups=True),
+  "swan": Variant("swan", two_groups=True),
+  # muon's AdamW group stays at train.py's 3e-3: muon is not this study's subject.
+  "muon": Variant("muon"),
+  "adafactor": Variant("adafactor"),
+  "sgd": Variant("sgd"),
+  "sinkgd_l1": Variant("sinkgd", flags=("--num-iters", "1"), base="sinkgd"),
+  "sinkgd_l2": Variant("sinkgd", flags=("--num-iters", "2"), base="sinkgd"),
+  "sinkgd_reference": Variant(
+    "sinkgd", flags=("--sinkgd-impl", "reference"), base="sinkgd"
+  ),
+  "swan_ns5": Variant("swan", flags=("--ns-steps", "5"), base="swan"),
+  "swan_ns2": Variant("swan", flags=("--ns-steps", "2"), base="swan"),
 }
-# Run sizes per platform; the CPU one makes the default sweep (12 runs) take about
-# 20 minutes on 2 cores. The stdlib corpus (byte tokens) holds ~31M training tokens,
-# so both stay well inside one epoch.
+ADAMW_KINDS = ("adamw", "adamw2")
+DEFAULT_OPTIMIZERS = ("adamw", "adamw2", "sinkgd", "swan", "muon")
+DEFAULT_ABLATIONS = ("sinkgd_l1", "sinkgd_l2", "sinkgd_reference", "swan_ns5")
+# (lr grid, adam-lr grid). Centred on the best points of earlier sweeps (one-group
+# AdamW 1e-3; two-group AdamW (1e-3, 3e-2); sinkgd/swan 3e-2 with the AdamW group at
+# the same lr); grid steps ~3x. For sinkgd/swan the matrices step alpha * lr.
+DEFAULT_GRIDS = {
+  "adamw": ((3e-4, 1e-3, 3e-3), None),
+  "adamw2": ((3e-4, 1e-3, 3e-3), (1e-2, 3e-2, 0.1)),
+  "sinkgd": ((1e-2, 3e-2, 0.1), (1e-2, 3e-2, 0.1)),
+  "swan": ((1e-2, 3e-2, 0.1), (1e-2, 3e-2, 0.1)),
+  "muon": ((0.01, 0.02, 0.05), None),
+  "adafactor": ((3e-3, 1e-2, 3e-2), None),
+  "sgd": ((0.1, 0.3, 1.0), None),
+}
+# Run sizes per platform. The CPU one: 200 steps of the tiny model (0.2M tokens; both
+# corpora hold ~30M training tokens, so no run repeats data), small enough that the
+# default protocol (~75 runs) fits a 2-core machine's hour.
 SIZES = {
   "cpu": {
     "model": "tiny",
-    "steps": 400,
+    "steps": 200,
     "batch_size": 16,
     "seq_len": 64,
-    "eval_every": 25,
+    "eval_every": 20,
     "eval_batches": 8,
   },
   "accelerator": {
@@ -156,7 +195,7 @@ def run_training(train_argv: list[str]) -> dict:
   }
 
 
-def _in_fresh_process(fn, *args):
+def in_fresh_process(fn, *args):
   # spawn, not fork: a forked child would inherit the parent's JAX runtime.
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
@@ -181,29 +220,6 @@ def step_times(history: list[dict], eval_every: int) -> list[float]:
   ]
 
 
-def eval_curve(run: dict, tokens_per_step: int, eval_every: int) -> list[dict]:
-  """The run's evaluations with tokens and training seconds at each.
-
-  Training seconds after k steps: the first step (compilation) counts as the median
-  step, then the `step_times` of steps 1..k-1."""
-  times = step_times(run["history"], eval_every)
-  first = statistics.median(times) if times else 0.0
-  cumulative = [first]
-  for d in times:
-    cumulative.append(cumulative[-1] + d)
-  return [
-    {
-      "step": e["step"],
-      "tokens": e["step"] * tokens_per_step,
-      "time_s": cumulative[min(e["step"], len(cumulative)) - 1]
-      if e["step"]
-      else 0.0,
-      "val_loss": e["val_loss"],
-    }
-    for e in run["evals"]
-  ]
-
-
 def first_reaching(curve: list[dict], target: float) -> dict | None:
   """The first evaluation with val_loss <= target, or None."""
   return next(
@@ -211,180 +227,403 @@ def first_reaching(curve: list[dict], target: float) -> dict | None:
   )
 
 
-def is_usable(run: dict) -> bool:
+def final_loss(run: dict) -> float:
+  """The run's final validation loss; inf for a diverged or unusable run, so that
+  it loses every comparison."""
   loss = run.get("final_val_loss")
-  return run["status"] == "ok" and loss is not None and math.isfinite(loss)
+  if run["status"] != "ok" or loss is None or not math.isfinite(loss):
+    return math.inf
+  return loss
 
 
-def summarize(runs: list[dict], optimizers: list[str]) -> list[dict]:
-  """One row per optimizer: its best run (lowest final val loss) against AdamW's."""
-  best = {}
-  for name in optimizers:
-    usable = [r for r in runs if r["optimizer"] == name and is_usable(r)]
-    best[name] = (
-      min(usable, key=lambda r: r["final_val_loss"]) if usable else None
-    )
-  adamw = best.get("adamw")
-  target = adamw["final_val_loss"] if adamw else None
-  adamw_hit = first_reaching(adamw["curve"], target) if adamw else None
-  rows = []
-  for name in optimizers:
-    r = best[name]
-    row = {
-      "optimizer": name,
-      "best_lr": None,
-      "final_val_loss": None,
-      "final_val_ppl": None,
-      "target_val_loss": target,
-      "reached_step": None,
-      "reached_tokens": None,
-      "reached_time_s": None,
-      "speedup_steps": None,
-      "speedup_time": None,
-      "tokens_per_s": None,
-      "peak_memory_bytes": None,
-      "state_bytes": None,
-      "param_bytes": None,
-    }
-    if r is None:
-      row["speedup_steps"] = row["speedup_time"] = "no usable run"
-      rows.append(row)
+def mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for a single value)."""
+  if not values:
+    return math.nan, math.nan
+  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  return statistics.fmean(values), std
+
+
+def loss_verdict(mean: float, std: float, ref_mean: float, ref_std: float):
+  """ "tie" when |mean - ref_mean| <= std + ref_std, else "lower" or "higher"."""
+  if not (math.isfinite(mean) and math.isfinite(ref_mean)):
+    return "n/a"
+  if abs(mean - ref_mean) <= std + ref_std:
+    return "tie"
+  return "lower" if mean < ref_mean else "higher"
+
+
+def speedup_verdict(mean: float, std: float) -> str:
+  """ "tie" when mean - std <= 1 <= mean + std, else "faster" or "slower"."""
+  if not math.isfinite(mean):
+    return "n/a"
+  if mean - std <= 1.0 <= mean + std:
+    return "tie"
+  return "faster" if mean > 1 else "slower"
+
+
+# ------------------------------------------------------------------ the grid
+
+
+def _geometric_step(values: list[float]) -> float:
+  values = sorted(set(values))
+  if len(values) < 2:
+    return 3.0
+  return min(b / a for a, b in zip(values, values[1:]))
+
+
+def edges(runs: list[dict], best: dict) -> list[str]:
+  """The sides ("lr low", "adam_lr high", ...) on which `best` is the last point of
+  its line through the grid: no run with the same other lr lies beyond it."""
+  out = []
+  for axis, other in (("lr", "adam_lr"), ("adam_lr", "lr")):
+    if best[axis] is None:
       continue
-    row.update(
-      best_lr=r["lr"],
-      final_val_loss=r["final_val_loss"],
-      final_val_ppl=r["final_val_ppl"],
-      tokens_per_s=r["train_tokens_per_s"],
-      peak_memory_bytes=r["peak_memory_bytes"],
-      state_bytes=r["state_bytes"],
-      param_bytes=r["param_bytes"],
+    line = [r[axis] for r in runs if r[other] == best[other]]
+    if best[axis] <= min(line):
+      out.append(f"{axis} low")
+    if best[axis] >= max(line):
+      out.append(f"{axis} high")
+  return out
+
+
+def next_point(runs: list[dict]) -> tuple[float, float | None] | None:
+  """The point one grid step past the best run's edge, or None if it is inside.
+
+  The step is the grid's smallest ratio between neighbouring values on that axis."""
+  best = min(runs, key=final_loss)
+  for side in edges(runs, best):
+    axis, where = side.split()
+    ratio = _geometric_step([r[axis] for r in runs])
+    value = best[axis] / ratio if where == "low" else best[axis] * ratio
+    point = {"lr": best["lr"], "adam_lr": best["adam_lr"], axis: value}
+    key = (point["lr"], point["adam_lr"])
+    if key not in {(r["lr"], r["adam_lr"]) for r in runs}:
+      return key
+  return None
+
+
+# ------------------------------------------------------------------ running
+
+
+def train_argv(
+  args,
+  variant: str,
+  lr: float,
+  adam_lr: float | None,
+  seed: int,
+  corpus: str,
+  run_dir: str,
+  extra: tuple[str, ...] = (),
+) -> list[str]:
+  """train.py's flags for one run; `extra` flags go last before the outputs."""
+  v = VARIANTS[variant]
+  argv = [
+    "--model",
+    args.model,
+    "--optimizer",
+    v.optimizer,
+    "--lr",
+    repr(lr),
+    "--alpha",
+    repr(args.alpha),
+    "--steps",
+    str(args.steps),
+    "--batch-size",
+    str(args.batch_size),
+    "--seq-len",
+    str(args.seq_len),
+    "--grad-clip",
+    repr(args.grad_clip),
+    "--data",
+    corpus,
+    "--seed",
+    str(seed),
+    "--eval-every",
+    str(args.eval_every),
+    "--eval-batches",
+    str(args.eval_batches),
+    *v.flags,
+  ]
+  if adam_lr is not None:
+    argv += ["--adam-lr", repr(adam_lr)]
+  if args.tokenizer:
+    argv += ["--tokenizer", args.tokenizer]
+  return argv + [
+    *extra,
+    "--run-dir",
+    run_dir,
+    "--ckpt-every",
+    "0",
+    "--metrics",
+    "none",
+    "--log-every",
+    str(args.steps),
+    "--no-progress",
+  ]
+
+
+def _run_key(flags: list[str]) -> str:
+  i = flags.index("--run-dir")
+  kept = flags[:i] + flags[i + 2 :]
+  return hashlib.sha1(" ".join(kept).encode()).hexdigest()[:16]
+
+
+class Runner:
+  """Runs (or reuses from `out/runs/`) one training and returns its compact record."""
+
+  def __init__(self, args, out: Path, scratch: str):
+    self.args, self.scratch = args, scratch
+    self.cache = out / "runs"
+    self.cache.mkdir(parents=True, exist_ok=True)
+    self.count = 0
+
+  def __call__(
+    self,
+    variant: str,
+    lr: float,
+    adam_lr: float | None,
+    seed: int,
+    corpus: str,
+    extra: tuple[str, ...] = (),
+  ) -> dict:
+    args = self.args
+    flags = train_argv(args, variant, lr, adam_lr, seed, corpus, "RUN", extra)
+    path = self.cache / f"{variant}-{_run_key(flags)}.json"
+    if path.exists():
+      return json.loads(path.read_text())
+    self.count += 1
+    label = f"{variant} lr {lr:g}" + (
+      f" adam_lr {adam_lr:g}" if adam_lr is not None else ""
     )
-    if target is None:
-      row["speedup_steps"] = row["speedup_time"] = "no adamw run"
-    elif (hit := first_reaching(r["curve"], target)) is None:
-      row["speedup_steps"] = row["speedup_time"] = "not reached"
-    else:
-      row.update(
-        reached_step=hit["step"],
-        reached_tokens=hit["tokens"],
-        reached_time_s=hit["time_s"],
-        speedup_steps=adamw_hit["step"] / hit["step"],
-        speedup_time=(
-          adamw_hit["time_s"] / hit["time_s"] if hit["time_s"] > 0 else None
-        ),
+    print(
+      f"\n[run {self.count}] {label}, seed {seed}, {corpus} {' '.join(extra)}",
+      flush=True,
+    )
+    flags[flags.index("RUN")] = os.path.join(self.scratch, str(self.count))
+    summary = (
+      run_training(flags)
+      if args.in_process
+      else in_fresh_process(run_training, flags)
+    )
+    ok = summary["status"] == "ok"
+    times = step_times(summary["history"], args.eval_every)
+    median = statistics.median(times) if times else None
+    tokens_per_step = args.batch_size * args.seq_len
+    record = {
+      "variant": variant,
+      "lr": lr,
+      "adam_lr": adam_lr,
+      "seed": seed,
+      "corpus": corpus,
+      "train_argv": flags,
+      "status": summary["status"],
+      # a diverged run's last evaluation is not its final loss
+      "final_val_loss": summary["final_val_loss"] if ok else None,
+      "final_train_loss": summary["final_train_loss"],
+      "median_step_s": median,
+      "tokens_per_s": tokens_per_step / median if median else None,
+      "load_average_after": os.getloadavg(),
+      "wall_time_s": summary["time_s"],
+      "peak_memory_bytes": None
+      if args.in_process
+      else summary["peak_memory_bytes"],
+      "state_bytes": summary["state_bytes"],
+      "param_bytes": summary["param_bytes"],
+      "params": summary.get("params"),
+      "curve": [
+        {"step": e["step"], "val_loss": e["val_loss"]} for e in summary["evals"]
+      ],
+    }
+    path.write_text(json.dumps(record))
+    return record
+
+
+def tune(run: Runner, variant: str, grid, seed: int, corpus: str, limit: int):
+  """Every point of `grid` = (lrs, adam_lrs or None), then points past the edges
+  (`next_point`), at most `limit` of them. Returns (runs, best, edge flags)."""
+  lrs, adam_lrs = grid
+  runs = [
+    run(variant, lr, alr, seed, corpus)
+    for lr in lrs
+    for alr in (adam_lrs or (None,))
+  ]
+  for _ in range(limit):
+    point = next_point(runs)
+    if point is None:
+      break
+    runs.append(run(variant, *point, seed, corpus))
+  best = min(runs, key=final_loss)
+  return runs, best, edges(runs, best)
+
+
+# ------------------------------------------------------------------ summary
+
+
+def summarize(final: dict, corpora: list[str], seeds: list[int]) -> dict:
+  """Per corpus: one row per variant with mean/std of final loss, steps to the best
+  AdamW's final loss, speedup and verdicts. `final[variant][(corpus, seed)]` = run."""
+  out = {}
+  for corpus in corpora:
+    rows = {}
+    for variant, by_key in final.items():
+      losses = [
+        final_loss(by_key[(corpus, s)]) for s in seeds if (corpus, s) in by_key
+      ]
+      if losses:
+        rows[variant] = {"losses": losses, "loss": mean_std(losses)}
+    kinds = [k for k in ADAMW_KINDS if k in rows]
+    ref = min(kinds, key=lambda k: rows[k]["loss"][0]) if kinds else None
+    for variant, row in rows.items():
+      row["steps"], row["speedups"] = [], []
+      if ref is None:
+        continue
+      for s in seeds:
+        mine = final[variant].get((corpus, s))
+        theirs = final[ref].get((corpus, s))
+        if mine is None or theirs is None:
+          continue
+        target = final_loss(theirs)
+        hit = first_reaching(mine["curve"], target)
+        ref_hit = first_reaching(theirs["curve"], target)
+        row["steps"].append(hit["step"] if hit else None)
+        if hit and ref_hit:
+          row["speedups"].append(ref_hit["step"] / hit["step"])
+      reached = [x for x in row["steps"] if x is not None]
+      row["reached"] = f"{len(reached)}/{len(row['steps'])}"
+      row["steps_ms"] = mean_std(reached)
+      complete = row["steps"] and len(reached) == len(row["steps"])
+      row["speedup"] = (
+        mean_std(row["speedups"]) if complete else (math.nan, math.nan)
       )
-    rows.append(row)
-  return rows
+      row["loss_verdict"] = loss_verdict(*row["loss"], *rows[ref]["loss"])
+      row["speedup_verdict"] = (
+        speedup_verdict(*row["speedup"]) if complete else "not reached"
+      )
+    out[corpus] = {"reference": ref, "rows": rows}
+  return out
 
 
 # ------------------------------------------------------------------ reporting
 
 
-def _num(x, fmt: str) -> str:
-  return format(x, fmt) if isinstance(x, (int, float)) else (x or "n/a")
+def format_lr(x) -> str:
+  return "—" if x is None else f"{x:.3g}"
 
 
-def _tokens(n: int) -> str:
-  return (
-    f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
-  )
+def _pm(ms, fmt=".4f") -> str:
+  mean, std = ms
+  if not math.isfinite(mean):
+    return "n/a"
+  return f"{mean:{fmt}} ± {std:{fmt}}"
 
 
-def _mib(n) -> str:
-  return f"{n / 2**20:.2f} MiB" if isinstance(n, (int, float)) else "n/a"
+def _point(variant: str, lr, adam_lr, alpha: float) -> str:
+  v = VARIANTS[variant]
+  text = f"lr {format_lr(lr)}"
+  if v.optimizer in ("sinkgd", "swan"):
+    text += f" (matrices {alpha * lr:.2g})"
+  if adam_lr is not None:
+    text += f", adam_lr {format_lr(adam_lr)}"
+  return text
 
 
 def markdown(result: dict) -> str:
   meta, s = result["metadata"], result["settings"]
   lines = [
     f"Convergence on {meta['device_kind']} ({meta['platform']}, "
-    f"{meta['device_count']} device(s), {meta['cpu_count']} CPU cores), {meta['date']}; "
-    f"jax {meta['jax']}, flax {meta['flax']}, optax {meta['optax']}.",
+    f"{meta['cpu_count']} CPU cores), {meta['date']}; jax {meta['jax']}, "
+    f"flax {meta['flax']}, optax {meta['optax']}.",
     "",
     f"Command: `{meta['command']}`",
     "",
-    f"Model `{s['model']}` ({_num(s['params'] and s['params'] / 1e6, '.2f')}M params), data {s['data']} "
-    f"(byte tokens unless --tokenizer), {s['steps']} steps of {s['batch_size']} x "
-    f"{s['seq_len']} tokens ({_tokens(s['tokens'])} tokens), warmup 10% then cosine to "
-    f"10% of the peak lr, gradient clip {s['grad_clip']:g}, seed {s['seed']}; validation "
-    f"every {s['eval_every']} steps on {s['eval_batches']} batches. sinkgd/swan: alpha "
-    f"{s['alpha']:g} (hidden matrices step alpha x lr), sinkgd {s['num_iters']} "
-    "SR-Sinkhorn rounds; "
-    + (
-      "muon: AdamW part at lr 3e-3; sinkgd/swan: AdamW part at lr = the swept lr."
-      if s.get("adam_lr") is None
-      else f"sinkgd/swan/muon: AdamW part (embeddings, head, norms) fixed at lr {s['adam_lr']:g}."
-    ),
+    f"Model `{s['model']}` ({(s['params'] or 0) / 1e6:.2f}M params), "
+    f"{s['steps']} steps of {s['batch_size']} x {s['seq_len']} tokens "
+    f"({s['steps'] * s['batch_size'] * s['seq_len'] / 1e3:.1f}k tokens), byte "
+    f"tokens, warmup 10% then cosine to 10% of the peak lr, gradient clip "
+    f"{s['grad_clip']:g}; validation every {s['eval_every']} steps on "
+    f"{s['eval_batches']} batches. sinkgd/swan: matrices step alpha x lr, alpha "
+    f"{s['alpha']:g}; sinkgd 5 SR-Sinkhorn rounds (fused), swan 10 Newton-Schulz "
+    "steps; muon's AdamW group at 3e-3. Tuned on seed "
+    f"{s['tune_seed']} of {s['corpora'][0]}; seeds {s['seeds']}; corpora "
+    f"{', '.join(s['corpora'])}.",
     "",
-    "### Learning-rate sweep (final validation loss; best in bold)",
+    "### Tuning (final validation loss; best in bold)",
     "",
-    "| optimizer | lr | final val loss | val ppl | tokens/s | status |",
-    "|---|---|---|---|---|---|",
   ]
-  best_lr = {row["optimizer"]: row["best_lr"] for row in result["summary"]}
-  for r in result["runs"]:
-    loss = _num(r["final_val_loss"], ".4f")
-    if r["lr"] == best_lr.get(r["optimizer"]):
-      loss = f"**{loss}**"
+  for variant, t in result["tuning"].items():
+    runs = t["runs"]
+    lrs = sorted({r["lr"] for r in runs})
+    adam_lrs = sorted({r["adam_lr"] for r in runs if r["adam_lr"] is not None})
+    best = t["best"]
+    flag = f" — best on an edge ({', '.join(t['edges'])})" if t["edges"] else ""
     lines.append(
-      f"| {r['optimizer']} | {r['lr']:g} | {loss} | "
-      f"{_num(r['final_val_ppl'], '.2f')} | "
-      f"{_num(r['train_tokens_per_s'], ',.0f')} | {r['status']} |"
+      f"**{variant}**: best {_point(variant, best['lr'], best['adam_lr'], s['alpha'])}"
+      f"{flag}"
     )
-  memory_note = (
-    "the device's peak_bytes_in_use, each run in its own process"
-    if any(
-      isinstance(row["peak_memory_bytes"], int) for row in result["summary"]
-    )
-    else "n/a, the device does not report it"
-  )
-  loads = [r["load_average_after"][0] for r in result["runs"]]
-  load = f"{min(loads):.1f} to {max(loads):.1f}" if loads else "n/a"
-  lines += [
-    "",
-    "### Each optimizer at its best lr, against AdamW's final validation loss"
-    + (
-      f" ({result['summary'][0]['target_val_loss']:.4f})"
-      if isinstance(result["summary"][0]["target_val_loss"], float)
-      else ""
-    ),
-    "",
-    "| optimizer | best lr | final val loss | val ppl | reaches AdamW's final loss at "
-    "step (tokens) | speedup vs AdamW, steps | same, training time | tokens/s | "
-    "peak memory | optimizer state |",
-    "|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  for row in result["summary"]:
-    reached = (
-      f"{row['reached_step']} ({_tokens(row['reached_tokens'])})"
-      if row["reached_step"]
-      else row["speedup_steps"]
-    )
+    lines.append("")
+    cols = adam_lrs or [None]
+    head = "adam_lr →" if adam_lrs else ""
     lines.append(
-      f"| {row['optimizer']} | {_num(row['best_lr'], 'g')} | "
-      f"{_num(row['final_val_loss'], '.4f')} | {_num(row['final_val_ppl'], '.2f')} | "
-      f"{reached} | {_num(row['speedup_steps'], '.2f')}"
-      f"{'x' if isinstance(row['speedup_steps'], float) else ''} | "
-      f"{_num(row['speedup_time'], '.2f')}"
-      f"{'x' if isinstance(row['speedup_time'], float) else ''} | "
-      f"{_num(row['tokens_per_s'], ',.0f')} | {_mib(row['peak_memory_bytes'])} | "
-      f"{_mib(row['state_bytes'])} |"
+      f"| lr {head} | "
+      + " | ".join(format_lr(c) if c else "" for c in cols)
+      + " |"
+    )
+    lines.append("|---|" + "---|" * len(cols))
+    for lr in lrs:
+      cells = []
+      for c in cols:
+        match = [r for r in runs if r["lr"] == lr and r["adam_lr"] == c]
+        if not match:
+          cells.append("")
+          continue
+        loss = final_loss(match[0])
+        text = f"{loss:.4f}" if math.isfinite(loss) else match[0]["status"]
+        cells.append(f"**{text}**" if match[0] is best else text)
+      lines.append(f"| {format_lr(lr)} | " + " | ".join(cells) + " |")
+    lines.append("")
+  for corpus, summary in result["summary"].items():
+    ref = summary["reference"]
+    lines += [
+      f"### {corpus}: each optimizer at its tuned point, "
+      f"{len(s['seeds'])} seeds (mean ± std)",
+      "",
+      f"Reference: the best AdamW on this corpus, **{ref}**. Target of a seed: "
+      f"{ref}'s final validation loss on that seed.",
+      "",
+      "| optimizer | point | final val loss | vs best AdamW | steps to target "
+      "(reached) | speedup vs best AdamW | optimizer state |",
+      "|---|---|---|---|---|---|---|",
+    ]
+    for variant, row in summary["rows"].items():
+      point = result["points"][variant]
+      speed = row.get("speedup", (math.nan, math.nan))
+      speed_text = (
+        f"{speed[0]:.2f}x ± {speed[1]:.2f} ({row['speedup_verdict']})"
+        if math.isfinite(speed[0])
+        else row.get("speedup_verdict", "n/a")
+      )
+      lines.append(
+        f"| {variant} | {_point(variant, point['lr'], point['adam_lr'], s['alpha'])} | "
+        f"{_pm(row['loss'])} | {row.get('loss_verdict', 'n/a')} | "
+        f"{_pm(row.get('steps_ms', (math.nan, 0)), '.0f')} "
+        f"({row.get('reached', 'n/a')}) | {speed_text} | "
+        f"{point['state_bytes'] / 2**20:.2f} MiB |"
+      )
+    lines.append("")
+  loads = [r["load_average_after"][0] for r in result["all_runs"]]
+  if loads:
+    lines.append(
+      f"Steps are read off the evaluations (every {s['eval_every']} steps). "
+      '"tie": the mean difference is within the two seed standard deviations '
+      "added (loss), or 1 is within mean ± std (speedup). Machine load "
+      f"(1-minute load average after each run): {min(loads):.1f} to "
+      f"{max(loads):.1f} on {meta['cpu_count']} cores; times are not compared."
     )
   lines += [
-    "",
-    f"Speedup vs AdamW = the step at which AdamW first reaches its final validation loss "
-    f"/ the step at which the optimizer does (read off the evaluations, every "
-    f'{s["eval_every"]} steps); "same, training time" is that ratio in training '
-    "seconds: the measured step times summed, leaving out the first step (compilation) "
-    "and the evaluations. Tokens/s: tokens per step / the run's median step time. Times "
-    f"are this machine's under whatever else ran on it (1-minute load average after "
-    f"the runs: {load}, on {meta['cpu_count']} cores); compare them only within one "
-    f"table. Peak memory: {memory_note}. Optimizer state: bytes of the optimizer's "
-    f"state (parameters: {_mib(result['summary'][0]['param_bytes'])}).",
     "",
     "![validation loss vs step](val_loss_vs_step.png) "
-    "![validation loss vs time](val_loss_vs_time.png) "
-    "![memory](memory.png) ![lr sweep](lr_sweep.png)",
+    "![lr sweep](lr_sweep.png)",
   ]
   return "\n".join(lines) + "\n"
 
@@ -395,89 +634,89 @@ def plot(result: dict, out: Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  s, summary = result["settings"], result["summary"]
-  best = {row["optimizer"]: row["best_lr"] for row in summary}
-  chosen = [r for r in result["runs"] if r["lr"] == best[r["optimizer"]]]
-  target = summary[0]["target_val_loss"]
-  title = f"{s['model']}, {s['steps']} steps of {s['batch_size']}x{s['seq_len']} tokens"
-  for key, xlabel, name in (
-    ("step", "step", "val_loss_vs_step.png"),
-    ("time_s", "training time (s)", "val_loss_vs_time.png"),
-  ):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in chosen:
-      ax.plot(
-        [e[key] for e in r["curve"]],
-        [e["val_loss"] for e in r["curve"]],
-        marker=".",
-        label=f"{r['optimizer']} (lr {r['lr']:g})",
+  s = result["settings"]
+  corpora = list(result["summary"])
+  fig, axes = plt.subplots(
+    1, len(corpora), figsize=(6.5 * len(corpora), 4.5), squeeze=False
+  )
+  for ax, corpus in zip(axes[0], corpora):
+    lows, highs = [], []
+    for variant in result["summary"][corpus]["rows"]:
+      curves = [
+        r["curve"]
+        for r in result["final_runs"]
+        if r["variant"] == variant
+        and r["corpus"] == corpus
+        and final_loss(r) < math.inf
+      ]
+      if not curves:
+        continue
+      steps = [e["step"] for e in curves[0]]
+      values = np.array([[e["val_loss"] for e in c] for c in curves])
+      mean, std = (
+        values.mean(0),
+        values.std(0, ddof=1 if len(values) > 1 else 0),
       )
-    if isinstance(target, float):
-      ax.axhline(target, color="gray", ls="--", lw=1, label="AdamW final")
-    losses = [e["val_loss"] for r in chosen for e in r["curve"][1:]]
-    if losses:  # leave the first evaluations' high losses off the scale
-      ax.set_ylim(
-        min(losses) - 0.05, sorted(losses)[len(losses) * 9 // 10] + 0.1
+      (line,) = ax.plot(steps, mean, label=f"{variant} ({len(curves)} seeds)")
+      ax.fill_between(
+        steps, mean - std, mean + std, color=line.get_color(), alpha=0.2
       )
-    ax.set_xlabel(xlabel)
+      lows.append(mean.min())
+      highs.append(mean[len(mean) // 3])
+    if lows:
+      ax.set_ylim(min(lows) - 0.05, max(highs) + 0.05)
+    ax.set_xlabel("step")
     ax.set_ylabel("validation loss")
     ax.set_title(
-      f"Validation loss vs {xlabel.split(' (')[0]}: {title}", fontsize=9
+      f"{corpus}: {s['model']}, {s['steps']} steps of {s['batch_size']}x"
+      f"{s['seq_len']} (mean ± std)",
+      fontsize=9,
     )
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / name, dpi=120)
-    plt.close(fig)
-
-  has_memory = any(isinstance(row["peak_memory_bytes"], int) for row in summary)
-  field = "peak_memory_bytes" if has_memory else "state_bytes"
-  rows = [row for row in summary if isinstance(row[field], int)]
-  fig, ax = plt.subplots(figsize=(6, 4))
-  bars = ax.bar(
-    [row["optimizer"] for row in rows], [row[field] / 2**20 for row in rows]
-  )
-  ax.bar_label(bars, fmt="%.2f")
-  ax.set_ylabel("MiB")
-  ax.set_title(
-    f"Peak device memory ({result['metadata']['device_kind']})"
-    if has_memory
-    else "Optimizer-state bytes (peak device memory n/a on this "
-    f"{result['metadata']['platform']})",
-    fontsize=9,
-  )
+    ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(out / "memory.png", dpi=120)
+  fig.savefig(out / "val_loss_vs_step.png", dpi=110)
   plt.close(fig)
 
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name in best:
-    runs = sorted(
-      (r for r in result["runs"] if r["optimizer"] == name and is_usable(r)),
-      key=lambda r: r["lr"],
-    )
-    ax.plot(
-      [r["lr"] for r in runs],
-      [r["final_val_loss"] for r in runs],
-      marker="o",
-      label=name,
-    )
-  ax.set_xscale("log")
-  ax.set_xlabel("peak learning rate")
-  ax.set_ylabel("final validation loss")
-  ax.set_title(f"Learning-rate sweep: {title}", fontsize=9)
-  ax.grid(alpha=0.3)
-  ax.legend()
+  tuned = list(result["tuning"])
+  fig, axes = plt.subplots(
+    1, len(tuned), figsize=(3.6 * len(tuned), 3.4), squeeze=False
+  )
+  for ax, variant in zip(axes[0], tuned):
+    runs = result["tuning"][variant]["runs"]
+    for alr in sorted(
+      {r["adam_lr"] for r in runs}, key=lambda x: (x is not None, x)
+    ):
+      line = sorted(
+        (r for r in runs if r["adam_lr"] == alr and final_loss(r) < math.inf),
+        key=lambda r: r["lr"],
+      )
+      ax.plot(
+        [r["lr"] for r in line],
+        [r["final_val_loss"] for r in line],
+        marker="o",
+        label="one lr" if alr is None else f"adam_lr {alr:g}",
+      )
+    ax.set_xscale("log")
+    ax.set_xlabel("lr (matrices: alpha x lr for sinkgd/swan)", fontsize=7)
+    ax.set_title(variant, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  axes[0][0].set_ylabel("final validation loss")
   fig.tight_layout()
-  fig.savefig(out / "lr_sweep.png", dpi=120)
+  fig.savefig(out / "lr_sweep.png", dpi=110)
   plt.close(fig)
 
 
 # ------------------------------------------------------------------ the command
 
 
-def _floats(text: str) -> list[float]:
+def float_list(text: str) -> list[float]:
   return [float(x) for x in text.split(",") if x.strip()]
+
+
+def name_list(text: str) -> list[str]:
+  return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -486,20 +725,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   cpu = SIZES["cpu"]
+  tuned = [n for n, v in VARIANTS.items() if v.base is None]
   p.add_argument(
     "--optimizers",
-    default=",".join(DEFAULT_OPTIMIZERS),
-    help=f"comma-separated, from {', '.join(train.OPTIMIZERS)} (%(default)s)",
+    type=name_list,
+    default=list(DEFAULT_OPTIMIZERS),
+    help=f"comma-separated, from {', '.join(tuned)} "
+    f"(default {','.join(DEFAULT_OPTIMIZERS)})",
   )
-  for name in train.OPTIMIZERS:
+  ablations = [n for n, v in VARIANTS.items() if v.base is not None]
+  p.add_argument(
+    "--ablations",
+    type=name_list,
+    default=[],
+    help=f"comma-separated, from {', '.join(ablations)}, or 'default' "
+    f"({','.join(DEFAULT_ABLATIONS)}); none unless given",
+  )
+  for name in tuned:
+    lrs, adam_lrs = DEFAULT_GRIDS[name]
     p.add_argument(
       f"--lrs-{name}",
-      type=_floats,
+      type=float_list,
       default=None,
       metavar="LR,...",
-      help=f"{name}'s lr grid (default "
-      f"{','.join(f'{x:g}' for x in DEFAULT_LRS[name])})",
+      help=f"{name}'s lr grid (default {','.join(f'{x:g}' for x in lrs)})",
     )
+    if adam_lrs:
+      p.add_argument(
+        f"--adam-lrs-{name}",
+        type=float_list,
+        default=None,
+        metavar="LR,...",
+        help=f"{name}'s AdamW-group lr grid (default "
+        f"{','.join(f'{x:g}' for x in adam_lrs)})",
+      )
   for flag, key in (
     ("--model", "model"),
     ("--steps", "steps"),
@@ -515,36 +774,38 @@ def parse_args(argv=None) -> argparse.Namespace:
       help=f"default {cpu[key]} on CPU, {SIZES['accelerator'][key]} on GPU/TPU",
     )
   p.add_argument(
+    "--seeds",
+    type=lambda t: [int(x) for x in name_list(t)],
+    default=[0, 1, 2],
+    help="seeds of the final runs (default 0,1,2)",
+  )
+  p.add_argument(
+    "--tune-seed", type=int, default=0, help="seed of the sweep (%(default)s)"
+  )
+  p.add_argument(
+    "--corpora",
+    type=name_list,
+    default=["stdlib", "jaxstack"],
+    help="train.py --data specs; the sweep uses the first (%(default)s)",
+  )
+  p.add_argument(
+    "--max-extend",
+    type=int,
+    default=2,
+    help="most points added past an edge, per optimizer (%(default)s)",
+  )
+  p.add_argument(
     "--alpha",
     type=float,
     default=0.05,
     help="sinkgd/swan: hidden matrices step alpha * lr (%(default)s)",
   )
-  p.add_argument(
-    "--adam-lr",
-    type=float,
-    default=None,
-    help="sinkgd/swan/muon: fix the lr of their AdamW group (embeddings, head, "
-    "norms) instead of train.py's default, to separate the two groups",
-  )
-  p.add_argument(
-    "--num-iters",
-    type=int,
-    default=5,
-    help="sinkgd: SR-Sinkhorn rounds (%(default)s)",
-  )
   p.add_argument("--grad-clip", type=float, default=1.0, help="(%(default)s)")
-  p.add_argument(
-    "--data", default="stdlib", help="as train.py's --data (%(default)s)"
-  )
   p.add_argument(
     "--tokenizer", default=None, help="as train.py's (default: bytes)"
   )
   p.add_argument(
-    "--seed",
-    type=int,
-    default=0,
-    help="model init and data order, the same for every run (%(default)s)",
+    "--tune-only", action="store_true", help="stop after the sweep"
   )
   p.add_argument(
     "--out",
@@ -555,65 +816,28 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument(
     "--in-process",
     action="store_true",
-    help="run the trainings in this process (peak memory is then a maximum "
-    "over the runs so far, so it is not reported)",
+    help="run the trainings in this process (faster on CPU; peak memory is "
+    "then not reported)",
   )
   args = p.parse_args(argv)
-  args.optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
-  unknown = sorted(set(args.optimizers) - set(train.OPTIMIZERS))
-  if unknown or not args.optimizers:
-    p.error(
-      f"unknown optimizer(s) {unknown}; choose from {', '.join(train.OPTIMIZERS)}"
-    )
-  return args
-
-
-def train_argv(args, optimizer: str, lr: float, run_dir: str) -> list[str]:
-  """train.py's flags for one run of the sweep."""
-  argv = [
-    "--model",
-    args.model,
-    "--optimizer",
-    optimizer,
-    "--lr",
-    repr(lr),
-    "--alpha",
-    repr(args.alpha),
-    "--num-iters",
-    str(args.num_iters),
-    "--steps",
-    str(args.steps),
-    "--batch-size",
-    str(args.batch_size),
-    "--seq-len",
-    str(args.seq_len),
-    "--grad-clip",
-    repr(args.grad_clip),
-    "--data",
-    args.data,
-    "--seed",
-    str(args.seed),
-    "--eval-every",
-    str(args.eval_every),
-    "--eval-batches",
-    str(args.eval_batches),
-    "--run-dir",
-    run_dir,
-    "--ckpt-every",
-    "0",
-    "--metrics",
-    "none",
-    "--log-every",
-    str(args.steps),
-    "--no-progress",
+  if args.ablations == ["default"]:
+    args.ablations = list(DEFAULT_ABLATIONS)
+  bad = [n for n in args.optimizers if n not in tuned] + [
+    n for n in args.ablations if n not in ablations
   ]
-  if args.adam_lr is not None and optimizer in ADAM_GROUP_OPTIMIZERS:
-    argv += ["--adam-lr", repr(args.adam_lr)]
-  return argv + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
-
-
-# Optimizers whose recipe sends embeddings, head and norms to a separate AdamW group.
-ADAM_GROUP_OPTIMIZERS = ("sinkgd", "swan", "muon")
+  if bad or not args.optimizers:
+    p.error(
+      f"unknown optimizer(s) {bad}; choose from {', '.join(tuned)} and "
+      f"ablations {', '.join(ablations)}"
+    )
+  missing = [
+    n for n in args.ablations if VARIANTS[n].base not in args.optimizers
+  ]
+  if missing:
+    p.error(f"ablation(s) {missing} need their base optimizer in --optimizers")
+  if not args.seeds or not args.corpora:
+    p.error("--seeds and --corpora need at least one value each")
+  return args
 
 
 def main(argv=None) -> dict:
@@ -621,7 +845,7 @@ def main(argv=None) -> dict:
   argv_list = sys.argv[1:] if argv is None else list(argv)
   # The parent never starts a JAX backend when runs have their own processes: on a GPU
   # it would take the memory the runs need.
-  info = device_info() if args.in_process else _in_fresh_process(device_info)
+  info = device_info() if args.in_process else in_fresh_process(device_info)
   sizes = SIZES["cpu" if info["platform"] == "cpu" else "accelerator"]
   for key, default in sizes.items():
     if getattr(args, key) is None:
@@ -631,10 +855,14 @@ def main(argv=None) -> dict:
     or REPO / "benchmarks" / "results" / f"convergence_{info['platform']}"
   )
   out.mkdir(parents=True, exist_ok=True)
-  tokens_per_step = args.batch_size * args.seq_len
-  grid = {
-    o: getattr(args, f"lrs_{o}") or list(DEFAULT_LRS[o])
-    for o in args.optimizers
+  grids = {
+    name: (
+      getattr(args, f"lrs_{name}") or DEFAULT_GRIDS[name][0],
+      (getattr(args, f"adam_lrs_{name}", None) or DEFAULT_GRIDS[name][1])
+      if VARIANTS[name].two_groups
+      else None,
+    )
+    for name in args.optimizers
   }
   result = {
     "metadata": {
@@ -647,80 +875,62 @@ def main(argv=None) -> dict:
       "isolated_processes": not args.in_process,
     },
     "settings": {
-      "model": args.model,
-      "steps": args.steps,
-      "batch_size": args.batch_size,
-      "seq_len": args.seq_len,
-      "tokens_per_step": tokens_per_step,
-      "tokens": args.steps * tokens_per_step,
-      "eval_every": args.eval_every,
-      "eval_batches": args.eval_batches,
-      "data": args.data,
-      "tokenizer": args.tokenizer or "byte",
-      "seed": args.seed,
+      **{k: getattr(args, k) for k in SIZES["cpu"]},
       "alpha": args.alpha,
-      "num_iters": args.num_iters,
-      "adam_lr": args.adam_lr,
       "grad_clip": args.grad_clip,
-      "warmup_fraction": 0.1,
-      "final_lr_fraction": 0.1,
-      "lr_grid": grid,
+      "tokenizer": args.tokenizer or "byte",
+      "seeds": args.seeds,
+      "tune_seed": args.tune_seed,
+      "corpora": args.corpora,
+      "grids": grids,
+      "max_extend": args.max_extend,
       "params": None,
     },
-    "runs": [],
-    "summary": [],
+    "tuning": {},
+    "points": {},
+    "final_runs": [],
+    "summary": {},
+    "all_runs": [],
   }
-  total = sum(len(lrs) for lrs in grid.values())
-  print(
-    f"{info['device_kind']} ({info['platform']}): {total} runs of {args.model}, "
-    f"{args.steps} steps x {tokens_per_step} tokens -> {out}",
-    flush=True,
-  )
-  with tempfile.TemporaryDirectory(prefix="convergence_runs_") as runs_dir:
-    for optimizer, lrs in grid.items():
-      for lr in lrs:
-        n = len(result["runs"]) + 1
-        print(f"\n[{n}/{total}] {optimizer} lr {lr:g}", flush=True)
-        flags = train_argv(args, optimizer, lr, os.path.join(runs_dir, str(n)))
-        summary = (
-          run_training(flags)
-          if args.in_process
-          else _in_fresh_process(run_training, flags)
-        )
-        if args.in_process:
-          summary["peak_memory_bytes"] = (
-            None  # the maximum over all runs so far
-          )
-        ok = summary["status"] == "ok"
-        times = step_times(summary["history"], args.eval_every)
-        median = statistics.median(times) if times else None
-        run = {
-          "optimizer": optimizer,
-          "lr": lr,
-          "train_argv": flags,
-          "status": summary["status"],
-          # a diverged run's last evaluation is not its final loss
-          "final_val_loss": summary["final_val_loss"] if ok else None,
-          "final_val_ppl": summary["final_val_ppl"] if ok else None,
-          "final_train_loss": summary["final_train_loss"],
-          "median_step_s": median,
-          # from the median step: robust to other work on a shared machine
-          "train_tokens_per_s": tokens_per_step / median if median else None,
-          "load_average_after": os.getloadavg(),
-          "train_py_tokens_per_s": summary["tokens_per_s"],
-          "wall_time_s": summary["time_s"],
-          "peak_memory_bytes": summary["peak_memory_bytes"],
-          "state_bytes": summary["state_bytes"],
-          "param_bytes": summary["param_bytes"],
-          "curve": eval_curve(summary, tokens_per_step, args.eval_every),
-          "history": summary["history"],
-        }
-        if summary.get("params"):  # a diverged run's summary has no totals
-          result["settings"]["params"] = summary["params"]
-        result["runs"].append(run)
-        (out / "convergence.json").write_text(json.dumps(result))
-
-  result["summary"] = summarize(result["runs"], args.optimizers)
+  with tempfile.TemporaryDirectory(prefix="convergence_runs_") as scratch:
+    run = Runner(args, out, scratch)
+    for name in args.optimizers:
+      runs, best, flags = tune(
+        run, name, grids[name], args.tune_seed, args.corpora[0], args.max_extend
+      )
+      result["tuning"][name] = {"runs": runs, "best": best, "edges": flags}
+      result["settings"]["params"] = best.get("params")
+    if args.tune_only:
+      result["all_runs"] = [
+        r for t in result["tuning"].values() for r in t["runs"]
+      ]
+      (out / "convergence.json").write_text(json.dumps(result))
+      print(markdown(result), flush=True)
+      return result
+    final = {}
+    plan = [(name, args.corpora) for name in args.optimizers] + [
+      (name, args.corpora[:1]) for name in args.ablations
+    ]
+    for name, corpora in plan:
+      base = VARIANTS[name].base or name
+      best = result["tuning"][base]["best"]
+      result["points"][name] = {
+        "lr": best["lr"],
+        "adam_lr": best["adam_lr"],
+        "state_bytes": best["state_bytes"],
+      }
+      final[name] = {}
+      for corpus in corpora:
+        for seed in args.seeds:
+          r = run(name, best["lr"], best["adam_lr"], seed, corpus)
+          final[name][(corpus, seed)] = r
+          result["final_runs"].append(r)
+      result["points"][name]["state_bytes"] = r["state_bytes"]
+    result["metadata"]["runs_trained"] = run.count
+  result["summary"] = summarize(final, args.corpora, args.seeds)
+  result["all_runs"] = result["final_runs"] + [
+    r for t in result["tuning"].values() for r in t["runs"]
+  ]
   (out / "convergence.json").write_text(json.dumps(result))
   table = markdown(result)
   (out / "convergence.md").write_text(table)

@@ -36,12 +36,14 @@ class TrainConfig:
 
   # model and optimizer
   model: str = "tiny"
+  d_model: int | None = None
   optimizer: str = "sinkgd"
   lr: float | None = None
   adam_lr: float | None = None
   alpha: float = 0.05
   num_iters: int = 5
   sinkgd_impl: str = "auto"
+  ns_steps: int = 10
   weight_decay: float = 0.0
   decay_embeddings: bool = False
   warmup: int | None = None

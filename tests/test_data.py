@@ -1,5 +1,6 @@
 """Tests for pretrain.data and pretrain.tokenizer: sources, splits, batches."""
 
+import hashlib
 import os
 import re
 import sys
@@ -132,6 +133,21 @@ def test_stdlib_corpus_loads_identically_twice(stdlib_corpus):
   assert np.array_equal(again.train, stdlib_corpus.train)
   assert np.array_equal(again.val, stdlib_corpus.val)
   assert again.description == stdlib_corpus.description
+
+
+def test_jaxstack_corpus_is_big_and_shares_no_file_with_stdlib():
+  c = load_corpus("jaxstack")
+  assert c.description.startswith("jaxstack (numpy ")
+  # Far more than convergence.py's runs read (400 x 16 x 64 = 0.4M tokens).
+  assert len(c.train) > 10_000_000 and len(c.val) > 50_000
+  root, names = data.jaxstack_files()
+  assert {n.split(os.sep)[0] for n in names} == set(data.JAXSTACK_PACKAGES)
+
+  def digests(base, files):
+    return {hashlib.sha256((base / n).read_bytes()).digest() for n in files}
+
+  stdlib = digests(data.stdlib_root(), data.stdlib_files())
+  assert not digests(root, names) & stdlib
 
 
 def test_split_files_keeps_a_files_side_when_other_files_are_added():

@@ -280,6 +280,20 @@ def test_cli_defaults_are_the_config_defaults(monkeypatch):
   assert config.lr == train.DEFAULT_LR["adamw"]
 
 
+def test_d_model_scales_heads_and_ffn_at_the_same_depth_and_head_size():
+  tok = load_tokenizer(None)
+  base = train.model_config(train.parse_args([]), tok)
+  wide = train.model_config(train.parse_args(["--d-model", "256"]), tok)
+  assert (wide.d_model, wide.n_layers, wide.head_dim) == (
+    256,
+    base.n_layers,
+    base.head_dim,
+  )
+  assert (wide.n_heads, wide.d_ff) == (2 * base.n_heads, 2 * base.d_ff)
+  with pytest.raises(ValueError, match="--d-model 100"):
+    train.model_config(train.parse_args(["--d-model", "100"]), tok)
+
+
 def test_1b_on_tensor2_replicates_d_ff_and_says_so():
   args = train.TrainConfig(model="1b", mesh="tensor=2", batch_size=8)
   config = train.model_config(args)

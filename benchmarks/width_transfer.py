@@ -1,0 +1,312 @@
+r"""Width transfer: does each optimizer's best lr stay put as the model widens?
+
+    python benchmarks/width_transfer.py --in-process      # CPU default, one seed
+
+The tiny LLaMA at several widths (train.py --d-model: same depth and head size,
+heads and d_ff scaled with d_model), each optimizer swept over one lr grid, the
+same grid at every width. For sinkgd and swan the swept lr is train.py's --lr (the
+hidden matrices step alpha * lr, alpha 0.05): if their best lr is the same at every
+width, the paper's alpha = 0.05 transfers across width; if it moves, it must be
+retuned. Two-group AdamW sweeps its matrices' lr the same way. The AdamW group's lr
+(embeddings, head, norms) stays fixed per optimizer (--adam-lr-NAME, default the
+value the convergence sweep chose on the tiny model); muon's stays at train.py's.
+
+Runs are short (`SIZES`) and use one seed by default: the table reports which grid
+point is best, and a best point on the grid's edge is marked, not extended. Every
+run is convergence.py's (train.train in-process or in a fresh process, stored in
+OUT/runs/ and reused when rerun with the same flags).
+
+Outputs in --out (default benchmarks/results/width_transfer_<platform>):
+width_transfer.json, width_transfer.md (the table of the best lr per width, and
+every final loss) and width_transfer.png (final loss against lr, one panel per
+optimizer, one line per width).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/width_transfer.py`
+  sys.path.insert(0, str(REPO))
+
+from benchmarks import convergence as cv  # noqa: E402
+
+DEFAULT_WIDTHS = (64, 128, 256, 512)
+DEFAULT_OPTIMIZERS = ("adamw2", "sinkgd", "swan", "muon")
+# Swept lr (train.py's --lr), the same at every width, ~3x apart, centred on the
+# tiny model's (d_model 128) tuned values.
+DEFAULT_LRS = {
+  "adamw2": (3e-4, 1e-3, 3e-3),
+  "sinkgd": (1e-2, 3e-2, 0.1),
+  "swan": (1e-2, 3e-2, 0.1),
+  "muon": (6e-3, 0.02, 0.06),
+}
+# Fixed lr of the AdamW group (embeddings, head, norms); None: train.py's default.
+DEFAULT_ADAM_LRS = {"adamw2": 3e-2, "sinkgd": 3e-2, "swan": 3e-2, "muon": None}
+SIZES = {
+  "cpu": {
+    "model": "tiny",
+    "steps": 100,
+    "batch_size": 8,
+    "seq_len": 64,
+    "eval_every": 0,
+    "eval_batches": 8,
+  },
+  "accelerator": {
+    "model": "tiny",
+    "steps": 1000,
+    "batch_size": 32,
+    "seq_len": 128,
+    "eval_every": 0,
+    "eval_batches": 16,
+  },
+}
+
+
+def best_lrs(runs: list[dict]) -> dict:
+  """{(variant, width): (best lr, on an edge of the lr grid?)}."""
+  out = {}
+  for key in {(r["variant"], r["width"]) for r in runs}:
+    line = [r for r in runs if (r["variant"], r["width"]) == key]
+    best = min(line, key=cv.final_loss)
+    lrs = [r["lr"] for r in line]
+    edge = best["lr"] in (min(lrs), max(lrs)) and len(lrs) > 1
+    out[key] = (best["lr"] if cv.final_loss(best) < math.inf else None, edge)
+  return out
+
+
+def markdown(result: dict) -> str:
+  meta, s = result["metadata"], result["settings"]
+  widths, runs = s["widths"], result["runs"]
+  best = best_lrs(runs)
+  lines = [
+    f"Width transfer on {meta['device_kind']} ({meta['platform']}, "
+    f"{meta['cpu_count']} CPU cores), {meta['date']}; jax {meta['jax']}.",
+    "",
+    f"Command: `{meta['command']}`",
+    "",
+    f"Model `{s['model']}` at d_model {', '.join(map(str, widths))} (same depth "
+    f"and head size), {s['steps']} steps of {s['batch_size']} x {s['seq_len']} "
+    f"byte tokens of {s['corpus']}, seed {s['seed']} (one seed: a best lr is "
+    "a grid point, not a measured optimum), warmup 10% then cosine. AdamW-group "
+    "lr fixed: "
+    + ", ".join(
+      f"{v} {cv.format_lr(a) if a else 'train.py default'}"
+      for v, a in s["adam_lrs"].items()
+    )
+    + ".",
+    "",
+    "### Best lr per width (* = on the edge of the grid)",
+    "",
+    "| optimizer | grid | " + " | ".join(f"d={w}" for w in widths) + " |",
+    "|---|---|" + "---|" * len(widths),
+  ]
+  for variant, lrs in s["lrs"].items():
+    cells = []
+    for w in widths:
+      lr, edge = best.get((variant, w), (None, False))
+      cells.append("n/a" if lr is None else f"{lr:g}{'*' if edge else ''}")
+    grid = ", ".join(f"{x:g}" for x in lrs)
+    lines.append(f"| {variant} | {grid} | " + " | ".join(cells) + " |")
+  lines += [
+    "",
+    "### Final validation loss",
+    "",
+    "| optimizer | lr | " + " | ".join(f"d={w}" for w in widths) + " |",
+    "|---|---|" + "---|" * len(widths),
+  ]
+  for variant, lrs in s["lrs"].items():
+    for lr in lrs:
+      cells = []
+      for w in widths:
+        match = [
+          r
+          for r in runs
+          if (r["variant"], r["width"], r["lr"]) == (variant, w, lr)
+        ]
+        loss = cv.final_loss(match[0]) if match else None
+        text = (
+          "—"
+          if loss is None
+          else f"{loss:.4f}"
+          if math.isfinite(loss)
+          else match[0]["status"]
+        )
+        if match and best[(variant, w)][0] == lr:
+          text = f"**{text}**"
+        cells.append(text)
+      lines.append(f"| {variant} | {lr:g} | " + " | ".join(cells) + " |")
+  lines += ["", "![final loss vs lr per width](width_transfer.png)"]
+  return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, out: Path) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  s, runs = result["settings"], result["runs"]
+  variants = list(s["lrs"])
+  fig, axes = plt.subplots(
+    1, len(variants), figsize=(3.6 * len(variants), 3.4), squeeze=False
+  )
+  for ax, variant in zip(axes[0], variants):
+    for w in s["widths"]:
+      line = sorted(
+        (
+          r
+          for r in runs
+          if (r["variant"], r["width"]) == (variant, w)
+          and cv.final_loss(r) < math.inf
+        ),
+        key=lambda r: r["lr"],
+      )
+      ax.plot(
+        [r["lr"] for r in line],
+        [r["final_val_loss"] for r in line],
+        marker="o",
+        label=f"d={w}",
+      )
+    ax.set_xscale("log")
+    ax.set_xlabel("lr (sinkgd/swan matrices: 0.05 x lr)", fontsize=7)
+    ax.set_title(variant, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  axes[0][0].set_ylabel("final validation loss")
+  fig.tight_layout()
+  fig.savefig(out / "width_transfer.png", dpi=110)
+  plt.close(fig)
+
+
+def _ints(text: str) -> list[int]:
+  return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    "--widths",
+    type=_ints,
+    default=list(DEFAULT_WIDTHS),
+    help=f"d_model values (default {','.join(map(str, DEFAULT_WIDTHS))})",
+  )
+  p.add_argument(
+    "--optimizers",
+    type=cv.name_list,
+    default=list(DEFAULT_OPTIMIZERS),
+    help=f"from {', '.join(DEFAULT_LRS)} (default all)",
+  )
+  for name, lrs in DEFAULT_LRS.items():
+    p.add_argument(
+      f"--lrs-{name}",
+      type=cv.float_list,
+      default=None,
+      metavar="LR,...",
+      help=f"(default {','.join(f'{x:g}' for x in lrs)})",
+    )
+    p.add_argument(
+      f"--adam-lr-{name}",
+      type=float,
+      default=DEFAULT_ADAM_LRS[name],
+      help="fixed lr of the AdamW group (%(default)s)",
+    )
+  cpu = SIZES["cpu"]
+  for key in ("steps", "batch_size", "seq_len", "eval_batches"):
+    p.add_argument(
+      f"--{key.replace('_', '-')}",
+      type=int,
+      default=None,
+      help=f"default {cpu[key]} on CPU, {SIZES['accelerator'][key]} on GPU/TPU",
+    )
+  p.add_argument("--seed", type=int, default=0, help="(%(default)s)")
+  p.add_argument("--corpus", default="stdlib", help="(%(default)s)")
+  p.add_argument("--out", type=Path, default=None)
+  p.add_argument(
+    "--in-process", action="store_true", help="as convergence.py's"
+  )
+  args = p.parse_args(argv)
+  bad = sorted(set(args.optimizers) - set(DEFAULT_LRS))
+  if bad or not args.optimizers or not args.widths:
+    p.error(f"unknown optimizer(s) {bad}; choose from {', '.join(DEFAULT_LRS)}")
+  return args
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  argv_list = sys.argv[1:] if argv is None else list(argv)
+  info = (
+    cv.device_info() if args.in_process else cv.in_fresh_process(cv.device_info)
+  )
+  sizes = SIZES["cpu" if info["platform"] == "cpu" else "accelerator"]
+  for key, default in sizes.items():
+    if getattr(args, key, None) is None:
+      setattr(args, key, default)
+  # What convergence.train_argv reads from its namespace.
+  args.alpha, args.grad_clip, args.tokenizer = 0.05, 1.0, None
+  out = (
+    args.out
+    or REPO / "benchmarks" / "results" / f"width_transfer_{info['platform']}"
+  )
+  out.mkdir(parents=True, exist_ok=True)
+  lrs = {
+    v: getattr(args, f"lrs_{v}") or DEFAULT_LRS[v] for v in args.optimizers
+  }
+  adam_lrs = {
+    v: getattr(args, f"adam_lr_{v.replace('-', '_')}") for v in args.optimizers
+  }
+  result = {
+    "metadata": {
+      **info,
+      "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+      "command": shlex.join(
+        ["python", "benchmarks/width_transfer.py", *argv_list]
+      ),
+    },
+    "settings": {
+      **{k: getattr(args, k) for k in SIZES["cpu"]},
+      "widths": args.widths,
+      "seed": args.seed,
+      "corpus": args.corpus,
+      "lrs": lrs,
+      "adam_lrs": adam_lrs,
+    },
+    "runs": [],
+  }
+  with tempfile.TemporaryDirectory(prefix="width_runs_") as scratch:
+    run = cv.Runner(args, out, scratch)
+    for width in args.widths:  # narrow first: the cheap results come early
+      for variant in args.optimizers:
+        for lr in lrs[variant]:
+          r = run(
+            variant,
+            lr,
+            adam_lrs[variant],
+            args.seed,
+            args.corpus,
+            ("--d-model", str(width)),
+          )
+          result["runs"].append({**r, "width": width})
+          (out / "width_transfer.json").write_text(json.dumps(result))
+  result["metadata"]["runs_trained"] = run.count
+  (out / "width_transfer.json").write_text(json.dumps(result))
+  table = markdown(result)
+  (out / "width_transfer.md").write_text(table)
+  plot(result, out)
+  print("\n" + table, flush=True)
+  return result
+
+
+if __name__ == "__main__":
+  main()
