@@ -377,6 +377,7 @@ class Runner:
     self.cache = out / "runs"
     self.cache.mkdir(parents=True, exist_ok=True)
     self.count = 0
+    self.missing = []  # (variant, lr, adam_lr, seed, corpus) not stored
 
   def __call__(
     self,
@@ -392,6 +393,9 @@ class Runner:
     path = self.cache / f"{variant}-{_run_key(flags)}.json"
     if path.exists():
       return json.loads(path.read_text())
+    if args.cached_only:
+      self.missing.append((variant, lr, adam_lr, seed, corpus))
+      return None
     self.count += 1
     label = f"{variant} lr {lr:g}" + (
       f" adam_lr {adam_lr:g}" if adam_lr is not None else ""
@@ -448,11 +452,14 @@ def tune(run: Runner, variant: str, grid, seed: int, corpus: str, limit: int):
     for lr in lrs
     for alr in (adam_lrs or (None,))
   ]
+  runs = [r for r in runs if r is not None]  # None: not stored (--cached-only)
   for _ in range(limit):
-    point = next_point(runs)
-    if point is None:
+    point = next_point(runs) if runs else None
+    if point is None or (r := run(variant, *point, seed, corpus)) is None:
       break
-    runs.append(run(variant, *point, seed, corpus))
+    runs.append(r)
+  if not runs:
+    return [], None, []
   best = min(runs, key=final_loss)
   return runs, best, edges(runs, best)
 
@@ -605,7 +612,8 @@ def markdown(result: dict) -> str:
       )
       lines.append(
         f"| {variant} | {_point(variant, point['lr'], point['adam_lr'], s['alpha'])} | "
-        f"{_pm(row['loss'])} | {row.get('loss_verdict', 'n/a')} | "
+        f"{_pm(row['loss'])} (n={len(row['losses'])}) | "
+        f"{row.get('loss_verdict', 'n/a')} | "
         f"{_pm(row.get('steps_ms', (math.nan, 0)), '.0f')} "
         f"({row.get('reached', 'n/a')}) | {speed_text} | "
         f"{point['state_bytes'] / 2**20:.2f} MiB |"
@@ -620,6 +628,17 @@ def markdown(result: dict) -> str:
       f"(1-minute load average after each run): {min(loads):.1f} to "
       f"{max(loads):.1f} on {meta['cpu_count']} cores; times are not compared."
     )
+  missing = meta.get("runs_missing") or []
+  if missing:
+    lines += [
+      "",
+      f"Not run (--cached-only; not in this report): {len(missing)} runs: "
+      + "; ".join(
+        f"{v} {_point(v, lr, alr, s['alpha'])} seed {seed} {corpus}"
+        for v, lr, alr, seed, corpus in missing
+      )
+      + ".",
+    ]
   lines += [
     "",
     "![validation loss vs step](val_loss_vs_step.png) "
@@ -808,6 +827,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--tune-only", action="store_true", help="stop after the sweep"
   )
   p.add_argument(
+    "--cached-only",
+    action="store_true",
+    help="train nothing: report the runs stored in OUT/runs/ and list the "
+    "missing ones",
+  )
+  p.add_argument(
     "--out",
     type=Path,
     default=None,
@@ -898,8 +923,9 @@ def main(argv=None) -> dict:
       runs, best, flags = tune(
         run, name, grids[name], args.tune_seed, args.corpora[0], args.max_extend
       )
-      result["tuning"][name] = {"runs": runs, "best": best, "edges": flags}
-      result["settings"]["params"] = best.get("params")
+      if best is not None:
+        result["tuning"][name] = {"runs": runs, "best": best, "edges": flags}
+        result["settings"]["params"] = best.get("params")
     if args.tune_only:
       result["all_runs"] = [
         r for t in result["tuning"].values() for r in t["runs"]
@@ -907,26 +933,37 @@ def main(argv=None) -> dict:
       (out / "convergence.json").write_text(json.dumps(result))
       print(markdown(result), flush=True)
       return result
-    final = {}
-    plan = [(name, args.corpora) for name in args.optimizers] + [
-      (name, args.corpora[:1]) for name in args.ablations
+    final = {
+      name: {}
+      for name in args.optimizers + args.ablations
+      if (VARIANTS[name].base or name) in result["tuning"]
+    }
+    for name in final:
+      best = result["tuning"][VARIANTS[name].base or name]["best"]
+      result["points"][name] = {"lr": best["lr"], "adam_lr": best["adam_lr"]}
+    # Seed by seed, so that a run cut short leaves whole seeds behind it.
+    plan = [
+      (corpus, seed, name)
+      for corpus in args.corpora
+      for seed in args.seeds
+      for name in args.optimizers
+    ] + [
+      (args.corpora[0], seed, name)
+      for name in args.ablations
+      for seed in args.seeds
     ]
-    for name, corpora in plan:
-      base = VARIANTS[name].base or name
-      best = result["tuning"][base]["best"]
-      result["points"][name] = {
-        "lr": best["lr"],
-        "adam_lr": best["adam_lr"],
-        "state_bytes": best["state_bytes"],
-      }
-      final[name] = {}
-      for corpus in corpora:
-        for seed in args.seeds:
-          r = run(name, best["lr"], best["adam_lr"], seed, corpus)
-          final[name][(corpus, seed)] = r
-          result["final_runs"].append(r)
-      result["points"][name]["state_bytes"] = r["state_bytes"]
+    for corpus, seed, name in plan:
+      if name not in final:
+        continue
+      point = result["points"][name]
+      r = run(name, point["lr"], point["adam_lr"], seed, corpus)
+      if r is None:
+        continue
+      final[name][(corpus, seed)] = r
+      result["final_runs"].append(r)
+      point["state_bytes"] = r["state_bytes"]
     result["metadata"]["runs_trained"] = run.count
+    result["metadata"]["runs_missing"] = run.missing
   result["summary"] = summarize(final, args.corpora, args.seeds)
   result["all_runs"] = result["final_runs"] + [
     r for t in result["tuning"].values() for r in t["runs"]
