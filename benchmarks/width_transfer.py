@@ -255,6 +255,7 @@ def main(argv=None) -> dict:
       setattr(args, key, default)
   # What convergence.train_argv reads from its namespace.
   args.alpha, args.grad_clip, args.tokenizer = 0.05, 1.0, None
+  args.cached_only = False
   out = (
     args.out
     or REPO / "benchmarks" / "results" / f"width_transfer_{info['platform']}"
