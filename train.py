@@ -127,10 +127,16 @@ def parse_args(argv=None) -> TrainConfig:
     help="sinkgd: SR-Sinkhorn implementation (%(default)s)",
   )
   g.add_argument(
+    "--swan-whiten",
+    default=None,
+    choices=mo.normalizers.WHITEN_MODES,
+    help="swan: whitening mode (default: multinorm_optax.swan's)",
+  )
+  g.add_argument(
     "--ns-steps",
     type=int,
-    default=10,
-    help="swan: Newton-Schulz steps of the whitening (%(default)s)",
+    default=None,
+    help="swan: whitening iterations (default: the mode's)",
   )
   g.add_argument(
     "--weight-decay",
@@ -406,10 +412,12 @@ def build_optimizer(
       adam_learning_rate=adam_schedule,
     )
   if name == "swan":
+    mode = {} if args.swan_whiten is None else {"whiten_mode": args.swan_whiten}
     return mo.swan(
       schedule,
       alpha=args.alpha,
       ns_steps=args.ns_steps,
+      **mode,
       weight_decay=wd,
       weight_decay_mask=decay_mask,
       adam_learning_rate=adam_schedule,

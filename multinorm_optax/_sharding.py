@@ -30,3 +30,34 @@ def on_auto_axes(
   if sharding is None:
     return fn(x)
   return jax.sharding.auto_axes(fn, out_sharding=sharding)(x)
+
+
+def on_every_device(fn: Callable[..., jax.Array], *args) -> jax.Array:
+  """``fn(*args)`` computed whole on every device of the current mesh.
+
+  For the iteration on a small matrix (a Gram matrix): its input is made
+  replicated once (one collective, of its own size), then every device runs
+  ``fn`` on the full matrix with no collective, whatever the step count.
+  Left to itself, GSPMD shards the products of such an iteration and
+  communicates at every step. Without a mesh this is ``fn(*args)``.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return fn(*args)
+  replicated = jax.sharding.PartitionSpec()
+  return jax.shard_map(
+    fn,
+    mesh=mesh,
+    in_specs=(replicated,) * len(args),
+    out_specs=replicated,
+  )(*args)
+
+
+def unsharded_along(x: jax.Array, axis: int) -> jax.Array:
+  """``x`` with ``axis`` gathered whole on every device (other axes: GSPMD's choice)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  spec = [jax.sharding.PartitionSpec.UNCONSTRAINED] * x.ndim
+  spec[axis] = None
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*spec))

@@ -261,8 +261,9 @@ def swan(
   learning_rate: optax.ScalarOrSchedule,
   *,
   alpha: float = 0.05,
-  ns_steps: int = 10,
+  ns_steps: int | None = None,
   rescale: bool = True,
+  whiten_mode: str = "newton_schulz",
   weight_decay: float = 0.0,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   adam_b1: float = 0.9,
@@ -277,7 +278,8 @@ def swan(
 
   Hidden matrices: ``W <- W - alpha * eta * (swan(G) + lambda W)`` with
   :func:`scale_by_swan` (GradNorm, then GradWhitening by ``ns_steps``
-  Newton-Schulz steps, rescaled to RMS 1 when ``rescale``); the rest AdamW.
+  iterations of ``whiten_mode``, see :func:`whiten`; rescaled to RMS 1 when
+  ``rescale``); the rest AdamW.
 
   Examples:
     >>> import jax
@@ -295,7 +297,10 @@ def swan(
   """
   return multinorm_recipe(
     mn.scale_by_swan(
-      ns_steps=ns_steps, rescale=rescale, dimension_numbers=dimension_numbers
+      ns_steps=ns_steps,
+      rescale=rescale,
+      dimension_numbers=dimension_numbers,
+      whiten_mode=whiten_mode,
     ),
     learning_rate,
     alpha=alpha,

@@ -320,9 +320,10 @@ def scale_by_sinkgd(
 
 def scale_by_swan(
   *,
-  ns_steps: int = 10,
+  ns_steps: int | None = None,
   rescale: bool = True,
   dimension_numbers: DimensionNumbersSpec = None,
+  whiten_mode: str = "newton_schulz",
 ) -> optax.GradientTransformation:
   r"""SWAN: GradNorm (row standardization) then GradWhitening, one round.
 
@@ -336,6 +337,13 @@ def scale_by_swan(
   full-rank ``\tilde G`` the factor is ``sqrt(max(m, n))``). This is
   ``multinorm([row_standardize, whiten, rms], 1)``; with ``rescale=False`` it
   is exactly ``multinorm([row_standardize, whiten], 1)``.
+
+  Args:
+    ns_steps: iterations of the whitening; None for ``whiten_mode``'s default.
+    rescale: rescale the update to RMS 1.
+    dimension_numbers: see :func:`multinorm`.
+    whiten_mode: ``"fast"``, ``"exact"`` or ``"newton_schulz"``, see
+      :func:`whiten` (cost and accuracy of each in docs/BENCHMARKS.md).
 
   References:
     Ma, Gong, Scetbon, Meeds, *SWAN: SGD with Normalization and Whitening
@@ -356,6 +364,11 @@ def scale_by_swan(
     >>> print(round(float(jnp.sqrt(jnp.mean(u**2))), 4))
     1.0
   """
-  whiten = functools.partial(norms.whiten, ns_steps=ns_steps)
+  if whiten_mode not in norms.WHITEN_MODES:
+    raise ValueError(
+      f"scale_by_swan: unknown whiten_mode {whiten_mode!r}; choose one of "
+      f"{norms.WHITEN_MODES}"
+    )
+  whiten = functools.partial(norms.whiten, mode=whiten_mode, ns_steps=ns_steps)
   chain = [norms.row_standardize, whiten] + ([norms.rms] if rescale else [])
   return multinorm(chain, 1, dimension_numbers=dimension_numbers)

@@ -23,6 +23,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from multinorm_optax import _sharding
 
@@ -185,33 +186,76 @@ def sign(g: Array) -> Array:
   return jnp.sign(g)
 
 
-def whiten(g: Array, *, ns_steps: int = 10) -> Array:
-  r"""SWAN's GradWhitening: :math:`(G G^\top)^{-1/2} G`, by Newton-Schulz.
+WHITEN_MODES = ("fast", "exact", "newton_schulz")
+# Design interval [lower, 1] of the normalized singular values and the default
+# step count of each polynomial mode (see ``polar_quintic_schedule``).
+POLAR_DESIGN = {"fast": (1e-2, 3), "exact": (3e-3, 6)}
+NEWTON_SCHULZ_STEPS = 10
 
-  For ``G = U S V^T`` (thin SVD) this is the polar factor ``U V^T``: every
-  non-zero singular value becomes 1. It is computed from the Gram matrix of the
-  smaller side, ``A = G G^T`` if ``m <= n`` (else ``G^T G``, using
-  ``(G G^T)^{-1/2} G = G (G^T G)^{-1/2}``), with the coupled Newton-Schulz
-  iteration for the inverse square root (Higham, *Functions of Matrices*, 2008,
-  eq. 6.35), as SWAN does:
+
+def whiten(g: Array, *, mode: str = "newton_schulz", ns_steps=None) -> Array:
+  r"""SWAN's GradWhitening: :math:`(G G^\top)^{-1/2} G`, the polar factor.
+
+  For ``G = U S V^T`` (thin SVD) this is ``U V^T``: every non-zero singular
+  value becomes 1. All modes work on the Gram matrix of the smaller side,
+  ``A = G G^T`` (``m <= n``; else ``G^T G``, as
+  ``(G G^T)^{-1/2} G = G (G^T G)^{-1/2}``), and apply the result to ``G``
+  once, so the iteration costs ``O(min(m, n)^3)`` and, on a mesh, only the
+  small Gram matrix crosses devices (see below).
+
+  ``mode="fast"`` (default) and ``mode="exact"`` compute ``p(A) G`` where
+  ``p`` makes every singular value ``s`` of ``G`` into ``s p(s^2)``, a
+  composition of odd quintics (Newton-Schulz steps with tuned coefficients,
+  :func:`polar_quintic_schedule`):
 
   .. math::
-     Y_0 = A / c,\; Z_0 = I,\; c = \lVert A \rVert_F; \quad
-     T_k = \tfrac12 (3I - Z_k Y_k),\; Y_{k+1} = Y_k T_k,\; Z_{k+1} = T_k Z_k
+     B_0 = A / c,\; c = \lVert A^2 \rVert_F^{1/2} \ge \lambda_{max}(A);
+     \quad Q_k = a_k I + b_k B_k + c_k B_k^2,\;
+     P_{k+1} = Q_k P_k,\; B_{k+1} = P_{k+1} B_0 P_{k+1}; \quad
+     W = P_K G / \sqrt{c}
 
-  ``Z_k -> (A/c)^{-1/2}``, so ``A^{-1/2} ~ Z_K / sqrt(c)``. Dividing by the
-  Frobenius norm puts every eigenvalue in ``(0, 1]``, inside the region of
-  convergence. Eigenvalues near 1 converge quadratically; an eigenvalue
-  ``lambda << 1`` grows by about 2.25x per step first, so ``ns_steps=10``
-  (our default, a choice: the SWAN paper does not fix a count we could verify)
-  resolves condition numbers of ``A`` up to about 1e3 to better than 1e-3.
-  Use ``functools.partial(whiten, ns_steps=k)`` for another count; keep
-  ``k <= 20``: directions in the null space of a rank-deficient ``A`` grow by
-  1.5x per step, so rounding noise there would eventually be amplified.
+  with ``P_0 = I``. This is the Newton-Schulz-type iteration
+  ``X_{k+1} = a_k X_k + b_k (X_k X_k^T) X_k + c_k (X_k X_k^T)^2 X_k`` on
+  ``X_k = P_k G / \sqrt c``, written on the small side: ``B_k = X_k X_k^T``,
+  and everything is a polynomial in ``A`` (so it commutes). ``B_k`` is
+  recomputed from ``P_k`` rather than updated, so rounding errors do not
+  accumulate between ``B`` and ``P``.
+  The coefficients are minimax-optimal, step by step, for normalized singular
+  values in ``[lower, 1]``; singular values below ``lower`` (relative to
+  ``sqrt(c)``, itself within ``min(m,n)^{1/8}`` of the largest) come out
+  smaller than 1, and exact zeros stay zero. Defaults:
 
-  The matrix products need the whole matrix; on a mesh with Explicit axes the
-  computation runs with Auto axes (GSPMD chooses the collectives) and the result
-  is returned with the input's sharding.
+  - ``"fast"``: ``lower = 1e-2``, 3 steps: singular values in the design
+    interval come out within 1.3e-2 of 1; cost ``9 k^3`` flops x2 plus the
+    Gram and the final product (``k = min(m, n)``).
+  - ``"exact"``: ``lower = 1e-3``, 7 steps: converged to float32 rounding for
+    condition numbers up to about 1e3, the limit of a float32 Gram matrix
+    (its eigenvalues are ``s^2``: a singular value below ``~1e-3`` of the
+    largest is lost to rounding in ``A``); ``25 k^3``.
+  - ``"newton_schulz"``: the coupled Newton-Schulz iteration for the inverse
+    square root that SWAN uses (Higham, *Functions of Matrices*, 2008, eq.
+    6.35) with Frobenius normalization, 10 steps: this library's algorithm
+    before the modes existed, kept to reproduce earlier runs. It converges
+    linearly (1.5x per step) for small singular values: condition numbers
+    above ~30 are not resolved in 10 steps; ``30 k^3``.
+
+  docs/BENCHMARKS.md ("SWAN whitening") has the measured accuracy of each
+  mode against a float64 SVD reference, and what accuracy training needs.
+
+  Args:
+    g: ``(..., m, n)``.
+    mode: one of ``"fast"``, ``"exact"``, ``"newton_schulz"``.
+    ns_steps: iteration count; None for the mode's default. May be a traced
+      integer (e.g. under ``optax.inject_hyperparams``); polynomial modes
+      repeat their last (converged) coefficients past the designed schedule.
+
+  On a mesh the small Gram matrix is constrained to be replicated, so the
+  iteration runs on every device without collectives: the only collectives
+  are those forming ``A`` from the local shards (an all-reduce of ``k x k``,
+  plus, when the short side of ``G`` is itself sharded, an all-gather of
+  ``G``'s rows over those axes only, which any method needs to take inner
+  products of rows held on different devices) and applying ``p(A)`` to the
+  local shard. With Explicit axes the result keeps the input's sharding.
 
   Examples:
     >>> import jax
@@ -222,27 +266,167 @@ def whiten(g: Array, *, ns_steps: int = 10) -> Array:
     >>> print(w.shape, bool(jnp.allclose(w @ w.T, jnp.eye(4), atol=1e-3)))
     (4, 8) True
   """
+  if mode not in WHITEN_MODES:
+    raise ValueError(
+      f"whiten: unknown mode {mode!r}; choose one of {WHITEN_MODES}"
+    )
+  if mode == "newton_schulz":
+    steps = NEWTON_SCHULZ_STEPS if ns_steps is None else ns_steps
+    inverse_sqrt = _newton_schulz_inverse_sqrt
+  else:
+    lower, default_steps = POLAR_DESIGN[mode]
+    steps = default_steps if ns_steps is None else ns_steps
+    inverse_sqrt = functools.partial(_polar_inverse_sqrt, lower=lower)
   return _sharding.on_auto_axes(
-    functools.partial(_whiten, ns_steps=ns_steps), g
+    lambda x: _whiten_via_gram(x, inverse_sqrt, steps), g
   )
 
 
-def _whiten(g: Array, *, ns_steps: int) -> Array:
+_MAX_SCHEDULE = 16  # steps tabulated for a traced count; later ones repeat
+
+
+@functools.cache
+def polar_quintic_schedule(lower: float, steps: int) -> tuple:
+  r"""Per-step coefficients ``(a_k, b_k, c_k)`` of odd quintics for the polar factor.
+
+  Step ``k`` maps a singular value ``x`` to ``p_k(x) = a_k x + b_k x^3 + c_k
+  x^5``, chosen to minimize ``max |1 - p_k(x)|`` over the interval
+  ``[l_k, u_k]`` that the previous steps leave (``[lower, 1]`` at first; then
+  ``[min p_k, max p_k] = [1 - E_k, 1 + E_k]``). The minimax quintic
+  equioscillates at ``l_k``, its two interior extrema and ``u_k``; it is found
+  by the Remez exchange (solve the 4x4 linear system for ``a, b, c, E`` on the
+  current points, move the interior points to the new extrema, repeat). The
+  greedy choice is the one of Amsel et al., *The Polar Express*, 2025, arXiv
+  2505.16932, derived here in float64. Once the interval has shrunk to
+  rounding, the steps are the classical ``(15/8, -10/8, 3/8)`` that fix 1 to
+  fifth order.
+
+  Returns:
+    A tuple of ``steps`` tuples ``(a, b, c, E)``: the coefficients and the
+    largest ``|1 - x|`` over the image of ``[lower, 1]`` after that step.
+  """
+  out = []
+  lo, hi = float(lower), 1.0
+  for _ in range(steps):
+    if hi - lo < 1e-7:  # converged: keep 1 a fixed point of order five
+      a, b, c = 15 / 8, -10 / 8, 3 / 8
+    else:
+      a, b, c = _minimax_odd_quintic(lo, hi)
+    grid = np.concatenate([np.geomspace(lo, hi, 4001), [lo, hi]])
+    image = grid * (a + b * grid**2 + c * grid**4)
+    lo, hi = float(image.min()), float(image.max())
+    out.append((a, b, c, max(1 - lo, hi - 1)))
+  return tuple(out)
+
+
+def _minimax_odd_quintic(lo: float, hi: float) -> tuple[float, float, float]:
+  """Remez exchange for ``min max_{[lo, hi]} |1 - (a x + b x^3 + c x^5)|``."""
+  q, r = lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3
+  sign = np.array([1.0, -1.0, 1.0, -1.0])
+  for _ in range(100):
+    pts = np.array([lo, q, r, hi])
+    system = np.stack([pts, pts**3, pts**5, sign], axis=1)
+    a, b, c, _ = np.linalg.solve(system, np.ones(4))
+    # Interior extrema: p'(x) = a + 3b x^2 + 5c x^4 = 0, a quadratic in x^2.
+    roots = np.roots([5 * c, 3 * b, a])
+    roots = np.sort(roots[np.isreal(roots)].real)
+    xs = np.sqrt(roots[roots > 0])
+    xs = xs[(xs > lo) & (xs < hi)]
+    if len(xs) != 2 or np.allclose(xs, (q, r), rtol=0, atol=1e-15):
+      break
+    q, r = xs
+  return float(a), float(b), float(c)
+
+
+def _whiten_via_gram(g: Array, inverse_sqrt, ns_steps) -> Array:
+  """``A^{-1/2} G`` (``m <= n``) or ``G A^{-1/2}``, ``A`` the smaller Gram matrix.
+
+  ``inverse_sqrt(a, ns_steps)`` runs on every device on the whole (small,
+  replicated) ``A``: the iteration has no collectives. Only forming ``A``
+  touches other devices' data: ``G`` is gathered whole along its short side
+  (the rows of a wide ``G``), the products are summed over its long side.
+  The result is applied as ``(G + (s A^{-1/2} - I) G) / s`` with ``s^2 =
+  tr(A) >= s_max^2``: the same product, but the ``G +`` term, elementwise with
+  the local shard, makes GSPMD keep the input's sharding for the output (with
+  Auto axes nothing else fixes it), and the scaling by ``s`` keeps the sum
+  free of cancellation whatever the scale of ``G``.
+  """
   x = _f32(g)
   m, n = x.shape[-2:]
   wide = m <= n
-  gram = x @ jnp.swapaxes(x, -1, -2) if wide else jnp.swapaxes(x, -1, -2) @ x
-  scale = jnp.sqrt(jnp.sum(gram * gram, axis=(-2, -1), keepdims=True))
-  eye = jnp.eye(gram.shape[-1], dtype=jnp.float32)
-  y = gram * safe_ratio(1.0, scale)
-  z = jnp.broadcast_to(eye, gram.shape)
+  whole = _sharding.unsharded_along(x, -2 if wide else -1)
+  a = whole @ _t(whole) if wide else _t(whole) @ whole
+
+  def correction(a, ns_steps):
+    s = jnp.sqrt(jnp.trace(a, axis1=-2, axis2=-1))[..., None, None]
+    eye = jnp.eye(a.shape[-1], dtype=a.dtype)
+    return s * inverse_sqrt(a, ns_steps=ns_steps) - eye, safe_ratio(1.0, s)
+
+  if isinstance(ns_steps, int):
+    q, inv_s = _sharding.on_every_device(
+      functools.partial(correction, ns_steps=ns_steps), a
+    )
+  else:  # a traced count is an argument, not a constant of the body
+    q, inv_s = _sharding.on_every_device(correction, a, ns_steps)
+  out = (x + (q @ whole if wide else whole @ q)) * inv_s
+  return out.astype(g.dtype)
+
+
+def _polar_inverse_sqrt(a: Array, *, lower: float, ns_steps) -> Array:
+  """``P_K / sqrt(c)`` of :func:`whiten`'s polynomial iteration on ``A``."""
+  a2 = a @ a
+  c2 = jnp.sqrt(jnp.sum(a2 * a2, axis=(-2, -1), keepdims=True))  # c^2
+  inv_c2 = safe_ratio(1.0, c2)
+  inv_c = jnp.sqrt(inv_c2)
+  b, b2 = a * inv_c, a2 * inv_c2
+  eye = jnp.eye(a.shape[-1], dtype=jnp.float32)
+
+  def poly(coeffs, b, b2):
+    return coeffs[0] * eye + coeffs[1] * b + coeffs[2] * b2
+
+  if isinstance(ns_steps, int):
+    # Unrolled: the first step needs no product for P (P_0 = I) and reuses
+    # B_0^2; the last needs no new B.
+    table = polar_quintic_schedule(lower, ns_steps)
+    p = eye
+    for k, coeffs in enumerate(table):
+      if k:
+        b2 = b @ b
+      q = poly(coeffs, b, b2)
+      p = q if k == 0 else q @ p
+      if k < ns_steps - 1:
+        b = p @ (a @ _t(p)) * inv_c
+  else:
+    table = jnp.asarray(
+      [row[:3] for row in polar_quintic_schedule(lower, _MAX_SCHEDULE)],
+      jnp.float32,
+    )
+
+    def step(k, pb):
+      p, b = pb
+      q = poly(table[jnp.minimum(k, _MAX_SCHEDULE - 1)], b, b @ b)
+      p = q @ p
+      return p, p @ (a @ _t(p)) * inv_c
+
+    p, _ = repeat(step, ns_steps, (jnp.broadcast_to(eye, a.shape), b))
+  return p * jnp.sqrt(inv_c)
+
+
+def _newton_schulz_inverse_sqrt(a: Array, *, ns_steps) -> Array:
+  """``A^{-1/2}`` by the coupled Newton-Schulz iteration (see :func:`whiten`)."""
+  scale = jnp.sqrt(jnp.sum(a * a, axis=(-2, -1), keepdims=True))
+  eye = jnp.eye(a.shape[-1], dtype=jnp.float32)
+  y = a * safe_ratio(1.0, scale)
+  z = jnp.broadcast_to(eye, a.shape)
 
   def step(_, yz):
     y, z = yz
     t = 0.5 * (3.0 * eye - z @ y)
     return y @ t, t @ z
 
-  y, z = repeat(step, ns_steps, (y, z))
-  inv_sqrt = z * safe_ratio(1.0, jnp.sqrt(scale))
-  out = inv_sqrt @ x if wide else x @ inv_sqrt
-  return out.astype(g.dtype)
+  _, z = repeat(step, ns_steps, (y, z))
+  return z * safe_ratio(1.0, jnp.sqrt(scale))
+
+
+def _t(x: Array) -> Array:
+  return jnp.swapaxes(x, -1, -2)

@@ -43,7 +43,8 @@ class TrainConfig:
   alpha: float = 0.05
   num_iters: int = 5
   sinkgd_impl: str = "auto"
-  ns_steps: int = 10
+  swan_whiten: str | None = None  # None: multinorm_optax.swan's default mode
+  ns_steps: int | None = None  # None: the whitening mode's default
   weight_decay: float = 0.0
   decay_embeddings: bool = False
   warmup: int | None = None

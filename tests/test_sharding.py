@@ -1,5 +1,6 @@
 """The transforms under jit on a (fsdp=4, tensor=2) mesh of 8 simulated CPU devices."""
 
+import functools
 import re
 
 import chex
@@ -113,3 +114,60 @@ def test_sinkgd_optimizer_step_on_explicit_mesh_keeps_param_sharding():
     new_params, _ = step(params, sharded, tx.init(params))
   for k in host:
     assert new_params[k].sharding.spec == specs[k]
+
+
+def _update_leaf(tx, leaf, g):
+  return tx.update({leaf: g}, None)[0][leaf]
+
+
+def _collectives(hlo: str):
+  """(opcode, output elements) of every all-gather/all-reduce/etc. in optimized HLO."""
+  found = []
+  for line in hlo.splitlines():
+    m = re.search(
+      r"= (\w+)\[([\d,]*)\][^ ]* (all-gather|all-reduce|reduce-scatter|"
+      r"all-to-all|collective-permute)(-start)?\(",
+      line,
+    )
+    if m:
+      dims = [int(d) for d in m.group(2).split(",") if d]
+      found.append((m.group(3), int(np.prod(dims or [1]))))
+  return sorted(found)
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact", "newton_schulz"])
+@pytest.mark.parametrize("leaf", ["up", "stacked"])
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
+def test_swan_moves_only_gram_sized_data_a_fixed_number_of_times(
+  kind, leaf, mode
+):
+  mesh = _mesh(kind)
+  host, sharded, specs = _grads(mesh)
+  collectives = {}
+  for steps in (2, 7):
+    tx = mo.scale_by_swan(whiten_mode=mode, ns_steps=steps)
+    update = jax.jit(functools.partial(_update_leaf, tx, leaf))
+    with jax.set_mesh(mesh):  # no out_shardings: the output keeps its own
+      out = update(sharded[leaf])
+      collectives[steps] = _collectives(
+        update.lower(sharded[leaf]).compile().as_text()
+      )
+    assert out.sharding.spec == specs[leaf], (kind, out.sharding)
+    np.testing.assert_allclose(
+      out, tx.update({leaf: host[leaf]}, None)[0][leaf], rtol=1e-4, atol=1e-4
+    )
+  # Independent of the step count: nothing happens per Newton-Schulz step.
+  assert collectives[2] == collectives[7], collectives
+  layers = host[leaf].size // (64 * 32)
+  k = 32  # the short side: canonical (m, n) = (fan_out, fan_in) = (32, 64)
+  gathers = [n for op, n in collectives[2] if op == "all-gather"]
+  reduces = [n for op, n in collectives[2] if op == "all-reduce"]
+  assert {op for op, _ in collectives[2]} <= {"all-gather", "all-reduce"}
+  # The short side made whole over 'tensor' only: the rows of this device's
+  # fsdp slice, a quarter of the matrix (once; under vmap, for stacked layers,
+  # XLA gathers it again for the final product).
+  assert 1 <= len(gathers) <= layers and set(gathers) == {layers * k * 16}
+  # One Gram-sized all-reduce; the rest are row statistics and scalars.
+  assert sorted(reduces)[-1] == layers * k * k
+  assert all(n <= layers * k for n in sorted(reduces)[:-1]), reduces
+  assert len(reduces) <= 7, reduces
