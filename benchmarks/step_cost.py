@@ -13,7 +13,8 @@ random float32 or bfloat16 (never zeros). The step is compiled ahead of time
 (so the host dispatches the next step while the device runs this one, as in a
 training loop); the median sample is reported. Optimizers (``--optimizers``):
 sgd, adamw, adafactor, muon (``optax.contrib.muon``, hidden matrices only as in
-our recipe, the rest its AdamW), swan, sinkgd_l1 and sinkgd_l5 (the default
+our recipe, the rest its AdamW), swan (its default whitening) and swan_fast,
+swan_exact, swan_newton_schulz (each ``whiten`` mode), sinkgd_l1 and sinkgd_l5 (the default
 fused SR-Sinkhorn), and sinkgd_l5_reference (``impl="reference"``, each
 normalization materialized). Each is ``train.make_optimizer`` of a
 ``TrainConfig`` (``CASES`` names the fields that differ): the very optimizer
@@ -103,6 +104,10 @@ CASES: dict[str, dict[str, Any]] = {
   "adafactor": dict(optimizer="adafactor"),
   "muon": dict(optimizer="muon"),
   "swan": dict(optimizer="swan"),
+  # Each whitening mode of multinorm_optax.whiten, named.
+  "swan_fast": dict(optimizer="swan", swan_whiten="fast"),
+  "swan_exact": dict(optimizer="swan", swan_whiten="exact"),
+  "swan_newton_schulz": dict(optimizer="swan", swan_whiten="newton_schulz"),
   "sinkgd_l1": dict(optimizer="sinkgd", num_iters=1),
   "sinkgd_l5": dict(optimizer="sinkgd", num_iters=5),
   "sinkgd_l5_reference": dict(
