@@ -311,7 +311,7 @@ def parse_args(argv=None) -> TrainConfig:
     "num_iters",
     "ns_steps",
   ):
-    if getattr(args, name) < 1:
+    if getattr(args, name) is not None and getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')} must be at least 1")
   for name in ("ckpt_every", "eval_every", "eval_batches", "keep", "grad_clip"):
     if getattr(args, name) < 0:
