@@ -115,16 +115,21 @@ def fsdp4_tensor2(tmp_path_factory):
   ), tmp
 
 
-def resume_from_step3(saved_tmp, new_tmp, *flags):
-  """Copies a run dir, drops its last checkpoint (as if killed after step 3's save),
-  leaves the debris of an interrupted save, and resumes it."""
+def resume_from_step3(saved_tmp, new_tmp, *flags, damage=None):
+  """Copies a run dir and resumes it after step 3's save: its last checkpoint
+  dropped (as if killed during it, leaving orbax's temporary directory), or
+  kept but damaged in place by `damage(step_dir)`. A folder of the user's,
+  `ckpt/5/`, sits among the checkpoints."""
   shutil.copytree(saved_tmp, new_tmp)
   ckpt = os.path.join(new_tmp, "ckpt")
-  shutil.rmtree(os.path.join(ckpt, str(STEPS)))
-  os.makedirs(os.path.join(ckpt, f"{STEPS}.orbax-checkpoint-tmp-1234", "state"))
-  os.makedirs(
-    os.path.join(ckpt, "5", "state")
-  )  # no commit_success.txt: unfinished
+  if damage is None:
+    shutil.rmtree(os.path.join(ckpt, str(STEPS)))
+    os.makedirs(
+      os.path.join(ckpt, f"{STEPS}.orbax-checkpoint-tmp-1234", "state")
+    )
+  else:
+    damage(os.path.join(ckpt, str(STEPS)))
+  os.makedirs(os.path.join(ckpt, "5", "notes"))
   return run(new_tmp, "--ckpt-every", "3", "--keep", "0", "--resume", *flags)
 
 
@@ -375,13 +380,14 @@ def test_resume_after_interruption_is_bitwise_identical(fsdp8, tmp_path):
   assert [h["step"] for h in resumed["history"]] == [3, 4, 5]
   np.testing.assert_array_equal(losses(resumed), losses(uninterrupted)[3:])
   assert resumed["final_val_loss"] == uninterrupted["final_val_loss"]
-  # The unfinished saves were moved aside (never deleted); the run saved its own last step.
+  # The unfinished save was moved aside (never deleted), the user's folder left
+  # alone; the run saved its own last step.
   ckpt = tmp_path / "run" / "ckpt"
-  assert sorted(os.listdir(ckpt)) == ["3", "6"]
+  assert sorted(os.listdir(ckpt)) == ["3", "5", "6"]
   assert complete_steps(ckpt) == [3, 6]
-  assert sorted(os.listdir(tmp_path / "run" / "ckpt.unfinished")) == [
-    "5",
-    f"{STEPS}.orbax-checkpoint-tmp-1234",
+  assert os.listdir(ckpt / "5") == ["notes"]
+  assert os.listdir(tmp_path / "run" / "ckpt.unfinished") == [
+    f"{STEPS}.orbax-checkpoint-tmp-1234"
   ]
   # The metrics file reads as one run: steps 3..5 replayed, not duplicated.
   records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
@@ -389,6 +395,51 @@ def test_resume_after_interruption_is_bitwise_identical(fsdp8, tmp_path):
     range(STEPS)
   )
   assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
+
+
+def _largest_file(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def _overwrite_8_bytes(step_dir):
+  path = _largest_file(step_dir)
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(b"\x00\x11\x22\x33\x44\x55\x66\x77")
+
+
+def _truncate(step_dir):
+  path = _largest_file(step_dir)
+  os.truncate(path, os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("damage", [_overwrite_8_bytes, _truncate])
+def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_before_it(
+  fsdp8, tmp_path, damage, capsys
+):
+  uninterrupted, saved = fsdp8
+  resumed = resume_from_step3(
+    saved,
+    tmp_path / "run",
+    "--mesh",
+    "fsdp=8",
+    "--eval-batches",
+    "1",
+    "--eval-every",
+    "3",
+    damage=damage,
+  )
+  out = capsys.readouterr().out
+  assert resumed["start_step"] == 3
+  np.testing.assert_array_equal(losses(resumed), losses(uninterrupted)[3:])
+  (note,) = [line for line in out.splitlines() if "is damaged" in line]
+  assert note.startswith(f"note: checkpoint step {STEPS} is damaged"), note
+  assert "ckpt.damaged" in note
+  # Set aside whole, never deleted; the run saved a sound step 6 again.
+  ckpt = tmp_path / "run" / "ckpt"
+  assert complete_steps(ckpt) == [3, 6]
+  assert os.listdir(tmp_path / "run" / "ckpt.damaged") == [str(STEPS)]
 
 
 def test_checkpoint_restores_onto_a_different_mesh(fsdp4_tensor2, tmp_path):
