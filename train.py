@@ -32,11 +32,14 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 import multinorm_optax as mo
 from models.llama import (
+  ATTENTION_IMPLS,
+  REMAT_POLICIES,
   abstract_params,
   count_params,
   create_sharded_model,
@@ -53,6 +56,8 @@ from pretrain.paths import check_writable_dir
 from pretrain.tokenizer import load_tokenizer
 
 __all__ = ["DEFAULT_LR", "OPTIMIZERS", "TrainConfig"]  # re-exported
+# The run record's name of each parameter layout (--scan-layers or not).
+LAYOUTS = {False: "unrolled layers", True: "scanned layers (--scan-layers)"}
 MUON_ADAM_LR = 3e-3  # muon's lr is far too large for the AdamW part
 SAVE_FAILED = 4  # the exit code when a checkpoint save failed
 
@@ -175,6 +180,27 @@ def parse_args(argv=None) -> TrainConfig:
     help="compute dtype; auto: float32 on CPU, bfloat16 on GPU/TPU "
     "(parameters are float32 either way)",
   )
+  g.add_argument(
+    "--remat",
+    default="none",
+    choices=tuple(REMAT_POLICIES),
+    help="recompute activations in the backward pass: block keeps each "
+    "block's weight-matmul outputs, full only its input (%(default)s)",
+  )
+  g.add_argument(
+    "--scan-layers",
+    action="store_true",
+    help="the blocks as one scan over stacked (layers, in, out) parameters: "
+    "compile time independent of depth; checkpoints of one layout do not "
+    "resume in the other",
+  )
+  g.add_argument(
+    "--attention",
+    default="auto",
+    choices=ATTENTION_IMPLS,
+    help="auto: cuDNN flash attention on GPU in bf16, XLA elsewhere; einsum: "
+    "the reference (%(default)s)",
+  )
   g = p.add_argument_group("data")
   g.add_argument(
     "--data",
@@ -196,6 +222,15 @@ def parse_args(argv=None) -> TrainConfig:
     help="global batch, in sequences (%(default)s)",
   )
   g.add_argument("--seq-len", type=int, default=128, help="(%(default)s)")
+  g.add_argument(
+    "--grad-accum",
+    type=int,
+    default=1,
+    metavar="K",
+    help="split each batch into K microbatches whose float32 gradients are "
+    "summed inside one step: the same update in 1/K of the activation "
+    "memory (%(default)s)",
+  )
   g.add_argument(
     "--seed",
     type=int,
@@ -310,6 +345,7 @@ def parse_args(argv=None) -> TrainConfig:
     "log_every",
     "num_iters",
     "ns_steps",
+    "grad_accum",
   ):
     if getattr(args, name) is not None and getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -372,12 +408,16 @@ def make_schedule(
 
 def muon_dimension_numbers(params):
   """Muon on the hidden matrices that sinkgd/swan normalize; None (its AdamW) elsewhere,
-  so the three optimizers split the parameters the same way."""
+  so the three optimizers split the parameters the same way. A matrix is its
+  last two axes (fan_in, fan_out); leading axes (--scan-layers) are a batch."""
   return jax.tree.map(
-    lambda label: (
-      optax.contrib.MuonDimensionNumbers() if label == mo.alias.MATRIX else None
+    lambda label, p: (
+      optax.contrib.MuonDimensionNumbers(p.ndim - 2, p.ndim - 1)
+      if label == mo.alias.MATRIX
+      else None
     ),
     mo.default_param_labels(params),
+    params,
   )
 
 
@@ -479,6 +519,51 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return -jnp.mean(jnp.sum(onehot * logp, axis=-1))
 
 
+def microbatches(x: jax.Array, k: int) -> jax.Array:
+  """[B, ...] -> [k, B/k, ...], microbatch j holding rows j, k + j, 2k + j, ...
+
+  Strided rather than contiguous: a device that holds a contiguous block of
+  the batch (split over data x fsdp) then holds its share of every
+  microbatch, so no microbatch moves between devices.
+  """
+  x = x.reshape(x.shape[0] // k, k, *x.shape[1:])
+  return jnp.swapaxes(x, 0, 1)
+
+
+def loss_and_grads(loss_fn, params, inputs, targets, grad_accum: int):
+  """(mean loss, mean gradient) of `loss_fn(params, inputs, targets)` over the
+  batch, computed on `grad_accum` equal microbatches in a `lax.scan`:
+
+      loss = (1/K) sum_j loss_j,   grad = (1/K) sum_j grad_j,
+
+  summed in float32. Equal to one pass over the whole batch (the loss is a
+  mean over equal-size microbatches) up to float rounding, with the
+  activations of one microbatch alive at a time.
+  """
+  grad_fn = jax.value_and_grad(loss_fn)
+  if grad_accum == 1:
+    return grad_fn(params, inputs, targets)
+
+  def accumulate(carry, batch):
+    loss, grads = grad_fn(params, *batch)
+    total_loss, total = carry
+    total = jax.tree.map(lambda t, g: t + g.astype(jnp.float32), total, grads)
+    return (total_loss + loss.astype(jnp.float32), total), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  batches = (
+    microbatches(inputs, grad_accum),
+    microbatches(targets, grad_accum),
+  )
+  (loss, grads), _ = jax.lax.scan(
+    accumulate, (jnp.zeros((), jnp.float32), zeros), batches
+  )
+  grads = jax.tree.map(
+    lambda g, p: (g / grad_accum).astype(p.dtype), grads, params
+  )
+  return loss / grad_accum, grads
+
+
 def train_step(
   state: dict,
   inputs,
@@ -487,20 +572,24 @@ def train_step(
   graphdef,
   tx,
   grad_clip: float,
+  grad_accum: int = 1,
   nan_step: int | None = None,
 ):
-  """One update of `state` = {params (a pure dict), opt_state, step, rng}.
+  """One update of `state` = {params (a pure dict), opt_state, step, rng}
+  from the batch (inputs, targets), in `grad_accum` microbatches.
 
   Returns the new state and {loss, grad_norm} of this step (the norm before clipping).
   """
 
-  def loss_fn(params):
+  def loss_fn(params, inputs, targets):
     loss = cross_entropy(nnx.merge(graphdef, params)(inputs), targets)
     if nan_step is not None:
       loss = jnp.where(state["step"] == nan_step, jnp.nan, loss)
     return loss
 
-  loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+  loss, grads = loss_and_grads(
+    loss_fn, state["params"], inputs, targets, grad_accum
+  )
   grad_norm = jnp.sqrt(
     sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
   )
@@ -523,11 +612,17 @@ def make_train_step(
   batch_sharding,
   *,
   grad_clip: float,
+  grad_accum: int = 1,
   nan_step: int | None = None,
 ):
   """`train_step`, jitted: the state is donated and stays on `state_shardings`."""
   step = functools.partial(
-    train_step, graphdef=graphdef, tx=tx, grad_clip=grad_clip, nan_step=nan_step
+    train_step,
+    graphdef=graphdef,
+    tx=tx,
+    grad_clip=grad_clip,
+    grad_accum=grad_accum,
+    nan_step=nan_step,
   )
   return jax.jit(
     step,
@@ -563,7 +658,12 @@ def model_config(args, tokenizer=None):
   dtype = args.dtype
   if dtype == "auto":
     dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  overrides = {"dtype": jnp.dtype(dtype).type}
+  overrides = {
+    "dtype": jnp.dtype(dtype).type,
+    "attention": args.attention,
+    "remat": args.remat,
+    "scan_layers": args.scan_layers,
+  }
   if tokenizer is not None and tokenizer.vocab_size != base.vocab_size:
     # Rounded up so that a vocab like GPT-2's 50257 still splits over 'tensor'.
     overrides["vocab_size"] = -(-tokenizer.vocab_size // 128) * 128
@@ -591,16 +691,18 @@ def model_config(args, tokenizer=None):
 
 
 def run_record(args, config, tokenizer) -> dict:
-  """What a checkpoint records about its run. Resuming needs the same model (compute
-  dtype aside), tokenizer, optimizer, batch size and sequence length; other flags
-  may change (with a note)."""
+  """What a checkpoint records about its run. Resuming needs the same model (how
+  it computes aside), parameter layout, tokenizer, optimizer, batch size and
+  sequence length; other flags may change (with a note)."""
+  how = ("dtype", "attention", "remat", "scan_layers")
   model = {
     k: getattr(v, "__name__", v)
     for k, v in dataclasses.asdict(config).items()
-    if k != "dtype"
+    if k not in how
   }
   return {
     "model": {"name": args.model, **model},
+    "layout": LAYOUTS[config.scan_layers],
     "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
     "optimizer": {"name": args.optimizer},
     # The batch of step s is cut from the corpus by (seed, s, batch, seq_len).
@@ -662,7 +764,9 @@ def build_mesh(args, config) -> jax.sharding.Mesh:
       )
     devices = devices[: args.devices]
   mesh = meshlib.make_mesh(meshlib.parse_mesh(args.mesh, len(devices)), devices)
-  meshlib.check_batch_fits(mesh, args.batch_size, jax.process_count())
+  meshlib.check_batch_fits(
+    mesh, args.batch_size, jax.process_count(), args.grad_accum
+  )
   return mesh
 
 
@@ -865,33 +969,57 @@ def train(args) -> dict:
     shardings,
     batch_sharding,
     grad_clip=args.grad_clip,
+    grad_accum=args.grad_accum,
     nan_step=args.inject_nan_at,
   )
   eval_fn = make_eval_step(graphdef, shardings["params"], batch_sharding)
+  # The lr of every step, on the host: logging it never waits on the device.
+  lrs = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(args.steps)))
+
+  def load(step):
+    inputs, targets = sampler.batch(step, **process)
+    return to_global(inputs), to_global(targets)
+
+  def report(step, out):
+    """Logs `step` from its metrics (waiting for that step only); stops the run
+    on a non-finite loss or gradient."""
+    loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      raise NonFiniteLossError(
+        f"loss is {loss} (gradient norm {grad_norm}) at step {step}; "
+        f"stopped. {_last_good(ckpt)}",
+        log.summary(),
+      )
+    log.train_step(step, loss=loss, grad_norm=grad_norm, lr=float(lrs[step]))
+
   try:
     with jax.set_mesh(mesh):  # the model pins activation shardings to this mesh
+      # The host runs one step ahead of the device: it dispatches step s, puts
+      # batch s + 1 on the devices and only then reads step s - 1's metrics.
+      pending = None  # (step, metrics) dispatched, not yet read
+      batch = load(start) if start < args.steps else None
       for step in range(start, args.steps):
-        inputs, targets = sampler.batch(step, **process)
-        state, out = step_fn(state, to_global(inputs), to_global(targets))
-        loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-          raise NonFiniteLossError(
-            f"loss is {loss} (gradient norm {grad_norm}) at step {step}; "
-            f"stopped. {_last_good(ckpt)}",
-            log.summary(),
-          )
-        log.train_step(
-          step, loss=loss, grad_norm=grad_norm, lr=float(schedule(step))
-        )
+        state, out = step_fn(state, *batch)
+        if step + 1 < args.steps:
+          batch = load(step + 1)
+        if pending is not None:
+          report(*pending)
+        pending = (step, out)
         done = step + 1
-        if (
+        evaluating = (
           val
           and args.eval_every
           and done % args.eval_every == 0
           and done < args.steps
-        ):
+        )
+        saving = save_every and (done % save_every == 0 or done == args.steps)
+        if evaluating or saving or done == args.steps:
+          # Never evaluate or save a state whose loss has not been checked.
+          report(*pending)
+          pending = None
+        if evaluating:
           log.eval(done, evaluate(eval_fn, state["params"], val))
-        if save_every and (done % save_every == 0 or done == args.steps):
+        if saving:
           if not _all_finite(state["params"]):
             raise NonFiniteLossError(
               f"parameters are not finite after step {step}; stopped without "

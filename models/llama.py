@@ -32,6 +32,19 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# "einsum" is the tested reference; the others go through
+# jax.nn.dot_product_attention ("auto": cuDNN's flash attention on a GPU in
+# bf16/fp16, XLA elsewhere).
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
+# What the backward pass keeps of each block (the rest is recomputed):
+# none: every activation; block: the outputs of its weight matmuls (dots
+# without batch dimensions; norms, rope, SwiGLU and attention are recomputed);
+# full: nothing but the block's input.
+REMAT_POLICIES = {
+  "none": None,
+  "block": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": jax.checkpoint_policies.nothing_saveable,
+}
 
 # Logical axis name -> mesh axis (or axes, or None = replicated). Parameters are
 # fully sharded over 'fsdp' along d_model and tensor-parallel over 'tensor'
@@ -53,6 +66,13 @@ class LlamaConfig:
   ``dtype`` is the compute dtype of activations and matmuls; parameters are
   stored in ``param_dtype``. ``n_kv_heads=None`` means plain multi-head
   attention (as many key/value heads as query heads).
+
+  How it is computed, not what: ``attention`` (one of ``ATTENTION_IMPLS``),
+  ``remat`` (a key of ``REMAT_POLICIES``), and ``scan_layers``: the blocks as
+  one ``nnx.scan`` over parameters stacked along a leading layer axis
+  (``layers/attn/q_proj/kernel`` of shape (n_layers, fan_in, fan_out)), so
+  compile time does not grow with depth. ``scan_layers`` changes the
+  parameter tree; the other two do not.
   """
 
   vocab_size: int
@@ -67,8 +87,21 @@ class LlamaConfig:
   tie_embeddings: bool = False
   dtype: Any = jnp.bfloat16
   param_dtype: Any = jnp.float32
+  attention: str = "auto"
+  remat: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
+    if self.attention not in ATTENTION_IMPLS:
+      raise ValueError(
+        f"unknown attention {self.attention!r}; choose one of "
+        f"{', '.join(ATTENTION_IMPLS)}"
+      )
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(
+        f"unknown remat {self.remat!r}; choose one of "
+        f"{', '.join(REMAT_POLICIES)}"
+      )
     if self.d_model % self.n_heads:
       raise ValueError(
         f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}"
@@ -417,13 +450,64 @@ def _linear(
   )
 
 
-class Attention(nnx.Module):
-  """Causal (grouped-query) self-attention with rotary embeddings.
+def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Causal grouped-query attention as two einsums: the tested reference.
 
   For query head n in group g = n // (H / K) of the K key/value heads:
       o_n = softmax(q_n k_g^T / sqrt(h) + causal mask) v_g,
-  with q, k rotated by ``rope``; logits and softmax in float32.
+  logits and softmax in float32. It materializes the [B, K, G, T, T] logits.
+
+  Args:
+    q: [B, T, H, h] queries; k, v: [B, T, K, h] keys and values.
+
+  Returns:
+    [B, T, H, h] in ``v``'s dtype.
   """
+  b, t, n, d = q.shape
+  kv = k.shape[2]
+  q = (q * (d**-0.5)).reshape(b, t, kv, n // kv, d)
+  logits = jnp.einsum(
+    "btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32
+  )
+  causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+  # A finite floor rather than -inf keeps a fully masked row NaN-free.
+  logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, n, d)
+
+
+def attention_impl(impl: str, dtype: Any, head_dim: int) -> str:
+  """The implementation ``impl`` runs as: "auto" is "cudnn" (flash attention)
+  on a GPU in bf16/fp16 with a head_dim cuDNN takes (a multiple of 8, at most
+  128), "xla" otherwise."""
+  if impl != "auto":
+    return impl
+  if (
+    jax.default_backend() == "gpu"
+    and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    and head_dim % 8 == 0
+    and head_dim <= 128
+  ):
+    return "cudnn"
+  return "xla"
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str):
+  """Causal grouped-query attention of [B, T, H, h] queries over [B, T, K, h]
+  keys/values: ``attention_reference`` or ``jax.nn.dot_product_attention``
+  (the same math; ``impl`` as in ``attention_impl``)."""
+  impl = attention_impl(impl, q.dtype, q.shape[-1])
+  if impl == "einsum":
+    return attention_reference(q, k, v)
+  return jax.nn.dot_product_attention(
+    q, k, v, is_causal=True, implementation=impl
+  )
+
+
+class Attention(nnx.Module):
+  """Causal (grouped-query) self-attention with rotary embeddings; the
+  attention itself is ``attention(..., config.attention)``."""
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
     self.config = config
@@ -438,23 +522,14 @@ class Attention(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = self.config
     b, t, _ = x.shape
-    kv, group = c.num_kv_heads, c.n_heads // c.num_kv_heads
+    kv = c.num_kv_heads
     positions = jnp.arange(t)
     q = self.q_proj(x).reshape(b, t, c.n_heads, c.head_dim)
     k = self.k_proj(x).reshape(b, t, kv, c.head_dim)
     v = self.v_proj(x).reshape(b, t, kv, c.head_dim)
-    q = rope(q, positions, theta=c.rope_theta) * (c.head_dim**-0.5)
+    q = rope(q, positions, theta=c.rope_theta)
     k = rope(k, positions, theta=c.rope_theta)
-
-    q = q.reshape(b, t, kv, group, c.head_dim)
-    logits = jnp.einsum(
-      "btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32
-    )
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    # A finite floor rather than -inf keeps a fully masked row NaN-free.
-    logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(c.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = attention(q, k, v, c.attention)
     return self.o_proj(out.reshape(b, t, c.n_heads * c.head_dim))
 
 
@@ -502,9 +577,19 @@ class Llama(nnx.Module):
       embedding_init=_sharded(_init, "vocab", "embed"),
       rngs=rngs,
     )
-    self.layers = nnx.List(
-      [Block(config, rngs=rngs) for _ in range(config.n_layers)]
-    )
+    if config.scan_layers:
+      # One Block whose parameters gain a leading layer axis (replicated:
+      # every device holds its share of every layer, as when unrolled).
+      @nnx.split_rngs(splits=config.n_layers)
+      @nnx.vmap(transform_metadata={nnx.PARTITION_NAME: None})
+      def stacked(rngs):
+        return Block(config, rngs=rngs)
+
+      self.layers = stacked(rngs)
+    else:
+      self.layers = nnx.List(
+        [Block(config, rngs=rngs) for _ in range(config.n_layers)]
+      )
     self.norm = RMSNorm(config.d_model, config, rngs=rngs)
     if not config.tie_embeddings:
       self.lm_head = _linear(
@@ -524,8 +609,18 @@ class Llama(nnx.Module):
     table = self.embed.embedding[...].astype(c.dtype)
     table = _constrain(table, "vocab", None)
     x = _constrain(jnp.take(table, tokens, axis=0), "batch", None, None)
-    for block in self.layers:
-      x = block(x)
+
+    def apply(block, x):
+      return block(x)
+
+    if c.remat != "none":
+      apply = nnx.remat(apply, policy=REMAT_POLICIES[c.remat])
+    if c.scan_layers:
+      scan = nnx.scan(apply, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+      x = scan(self.layers, x)
+    else:
+      for block in self.layers:
+        x = apply(block, x)
     x = self.norm(x)
     logits = self.embed.attend(x) if c.tie_embeddings else self.lm_head(x)
     return _constrain(logits.astype(jnp.float32), "batch", None, "vocab")

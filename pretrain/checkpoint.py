@@ -44,7 +44,9 @@ from etils import epath
 ITEMS = ("state", "run", "checksums")
 # Resuming with a different one of these would fail to load or silently train something
 # else; any other difference between run records is only noted.
-MUST_MATCH = ("model", "tokenizer", "optimizer", "data")
+MUST_MATCH = ("model", "layout", "tokenizer", "optimizer", "data")
+# What a record from before an entry existed meant by it.
+IMPLIED = {"layout": "unrolled layers"}
 # Why a different "data" is refused: the sampler serves step s the windows that
 # (seed, s, batch shape) pick; another batch shape picks other windows, so the rest
 # of the run would repeat some data and never see other data.
@@ -271,11 +273,12 @@ class Checkpoints:
     for key in MUST_MATCH:
       if key not in saved and key == "data":
         continue  # saved before batch shapes were recorded
-      if saved.get(key) != self.run_record.get(key):
+      was = saved.get(key, IMPLIED.get(key))
+      if was != self.run_record.get(key):
         why = f": {DATA_WHY}" if key == "data" else ""
         raise ValueError(
           f"{directory} holds a run with a different {key} "
-          f"({_short(saved.get(key))}, not {_short(self.run_record.get(key))})"
+          f"({_short(was)}, not {_short(self.run_record.get(key))})"
           f"{why}; use another --ckpt-dir"
         )
     old, new = saved.get("args", {}), self.run_record.get("args", {})

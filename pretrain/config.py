@@ -51,12 +51,16 @@ class TrainConfig:
   final_lr_fraction: float = 0.1
   grad_clip: float = 1.0
   dtype: str = "auto"
+  remat: str = "none"
+  scan_layers: bool = False
+  attention: str = "auto"
   # data
   data: str | None = None
   tokenizer: str | None = None
   steps: int = 600
   batch_size: int = 16
   seq_len: int = 128
+  grad_accum: int = 1
   seed: int = 0
   # outputs
   run_dir: str = os.path.join("runs", "default")

@@ -93,9 +93,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_fits(
-  mesh: Mesh, batch_size: int, process_count: int = 1
+  mesh: Mesh, batch_size: int, process_count: int = 1, grad_accum: int = 1
 ) -> None:
-  """The global batch must split evenly over (data, fsdp) and over the processes."""
+  """The global batch must split evenly over (data, fsdp) and over the
+  processes, and into `grad_accum` microbatches that split over (data, fsdp)."""
   ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % ways:
     raise ValueError(
@@ -105,6 +106,12 @@ def check_batch_fits(
   if batch_size % process_count:
     raise ValueError(
       f"--batch-size {batch_size} does not divide over {process_count} processes"
+    )
+  if batch_size % (grad_accum * ways):
+    raise ValueError(
+      f"--batch-size {batch_size} does not split into --grad-accum "
+      f"{grad_accum} microbatches over data x fsdp = {ways} devices; use a "
+      f"multiple of {grad_accum} x {ways} = {grad_accum * ways}"
     )
 
 

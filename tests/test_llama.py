@@ -1,6 +1,8 @@
 """Tests for models/llama.py: shapes, parameter counts, causality, RoPE,
 sharding layout and a short overfitting run."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -243,3 +245,126 @@ def test_tiny_model_overfits_one_batch():
   losses = [float(train_step(model, optimizer)) for _ in range(50)]
   assert losses[0] > 5.0  # ~log(256) at init
   assert losses[-1] < 0.5 * losses[0]
+
+
+# ------------------------------------------------------------------ at scale:
+# attention implementations, rematerialization, scanned layers
+
+F32 = llama.get_config(
+  "tiny", n_layers=3, n_kv_heads=2, max_seq_len=32, dtype=jnp.float32
+)
+
+
+def _loss_and_grads(config, params, tokens):
+  """Mean logit-weighted loss of `config`'s model at `params` (a pure dict)."""
+  graphdef = nnx.graphdef(llama.abstract_model(config))
+  weights = jax.random.normal(jax.random.key(9), (config.vocab_size,))
+
+  def loss(params):
+    logits = nnx.merge(graphdef, nnx.State(params))(tokens)
+    return jnp.mean(logits @ weights)
+
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def _params(config, seed=0):
+  return nnx.to_pure_dict(
+    nnx.state(llama.Llama(config, rngs=nnx.Rngs(seed)), nnx.Param)
+  )
+
+
+def _stack_layers(params, n_layers):
+  """An unrolled model's params in the scanned layout: layer i of every
+  block parameter at index i of a new leading axis."""
+  layers = [params["layers"][i] for i in range(n_layers)]
+  return {
+    **{k: v for k, v in params.items() if k != "layers"},
+    "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers),
+  }
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_dot_product_attention_equals_einsum_reference(n_kv_heads):
+  """jax.nn.dot_product_attention (XLA) and the einsum reference agree in
+  float32, with plain, grouped-query and multi-query heads."""
+  q = jax.random.normal(jax.random.key(0), (2, 24, 4, 16))
+  k = jax.random.normal(jax.random.key(1), (2, 24, n_kv_heads, 16))
+  v = jax.random.normal(jax.random.key(2), (2, 24, n_kv_heads, 16))
+  ref = llama.attention_reference(q, k, v)
+  out = llama.attention(q, k, v, "xla")
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  # Causal: the first query sees only the first key.
+  np.testing.assert_allclose(
+    ref[:, 0], jnp.repeat(v[:, 0], 4 // n_kv_heads, axis=1), rtol=1e-6
+  )
+
+
+def test_attention_auto_is_xla_off_gpu_and_cudnn_on_gpu_in_bf16():
+  assert llama.attention_impl("auto", jnp.float32, 64) in ("xla",)
+  want = "cudnn" if jax.default_backend() == "gpu" else "xla"
+  assert llama.attention_impl("auto", jnp.bfloat16, 64) == want
+  assert llama.attention_impl("einsum", jnp.bfloat16, 64) == "einsum"
+
+
+def test_model_with_each_attention_gives_the_reference_logits_and_grads():
+  tokens = _tokens(3, (2, 32))
+  params = _params(F32)
+  ref = _loss_and_grads(
+    F32.__class__(**{**vars(F32), "attention": "einsum"}), params, tokens
+  )
+  out = _loss_and_grads(
+    F32.__class__(**{**vars(F32), "attention": "xla"}), params, tokens
+  )
+  np.testing.assert_allclose(out[0], ref[0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(out[1]), jax.tree.leaves(ref[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("remat", ["block", "full"])
+def test_remat_gives_the_gradients_of_no_remat(remat, scan_layers):
+  base = dataclasses.replace(F32, scan_layers=scan_layers)
+  params = _params(base)
+  tokens = _tokens(4, (2, 32))
+  ref = _loss_and_grads(base, params, tokens)
+  out = _loss_and_grads(dataclasses.replace(base, remat=remat), params, tokens)
+  np.testing.assert_allclose(out[0], ref[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(out[1]), jax.tree.leaves(ref[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_scanned_layers_compute_the_unrolled_model():
+  """Stacking an unrolled model's layer params gives the scanned model the
+  same loss and, stacked the same way, the same gradients."""
+  scanned = dataclasses.replace(F32, scan_layers=True)
+  params = _params(F32)
+  stacked = _stack_layers(params, F32.n_layers)
+  abstract = nnx.to_pure_dict(llama.abstract_state(scanned))
+  assert jax.tree.map(lambda x: x.shape, stacked) == jax.tree.map(
+    lambda x: x.shape, abstract
+  )
+  assert stacked["layers"]["attn"]["q_proj"]["kernel"].shape == (3, 128, 128)
+  tokens = _tokens(5, (2, 32))
+  ref_loss, ref_grads = _loss_and_grads(F32, params, tokens)
+  loss, grads = _loss_and_grads(scanned, stacked, tokens)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  for a, b in zip(
+    jax.tree.leaves(grads),
+    jax.tree.leaves(_stack_layers(ref_grads, F32.n_layers)),
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_scanned_params_keep_their_sharding_with_a_replicated_layer_axis():
+  config = dataclasses.replace(SMALL, scan_layers=True)
+  specs = nnx.to_pure_dict(
+    llama.param_partition_specs(llama.abstract_state(config))
+  )
+  layer = specs["layers"]
+  assert layer["attn"]["q_proj"]["kernel"] == PartitionSpec(
+    None, "fsdp", "tensor"
+  )
+  assert layer["mlp"]["down_proj"]["kernel"] == PartitionSpec(
+    None, "tensor", "fsdp"
+  )
+  assert layer["attn_norm"]["scale"] == PartitionSpec(None, None)

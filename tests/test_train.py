@@ -18,6 +18,7 @@ import sys
 import sysconfig
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -272,6 +273,151 @@ def test_adamw_with_adam_lr_steps_matrices_at_lr_and_the_rest_at_adam_lr():
       assert not np.allclose(ref, _leaf(params, path), atol=1e-5)
 
 
+def _train_steps(config, steps, grad_accum):
+  """Losses and final params of `steps` train steps of `config` on 2 devices."""
+  cfg = train.model_config(config)
+  mesh = meshlib.make_mesh(
+    {"data": 1, "fsdp": 2, "tensor": 1}, jax.devices()[:2]
+  )
+  model = llama.create_sharded_model(cfg, mesh, seed=0)
+  graphdef = nnx.graphdef(model)
+  tx, _ = train.make_optimizer(config)
+  state, shardings = train.init_state(model, tx, mesh, 0)
+  step = train.make_train_step(
+    graphdef,
+    tx,
+    shardings,
+    meshlib.batch_sharding(mesh),
+    grad_clip=config.grad_clip,
+    grad_accum=grad_accum,
+  )
+  tokens = np.random.default_rng(0).integers(0, 256, (steps, 8, 17))
+  losses = []
+  with jax.set_mesh(mesh):
+    for batch in tokens:
+      state, out = step(state, batch[:, :-1], batch[:, 1:])
+      losses.append(float(out["loss"]))
+  return np.array(losses), state["params"]
+
+
+def assert_trees_close(a, b, rtol):
+  """Every leaf of `a` within relative Frobenius distance `rtol` of `b`'s."""
+  for (path, x), y in zip(
+    jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
+  ):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    rel = np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-30)
+    assert rel <= rtol, (jax.tree_util.keystr(path), rel)
+
+
+def test_grad_accum_gives_the_gradient_of_the_whole_batch():
+  """loss_and_grads over K = 4 microbatches of 2 sequences equals one pass
+  over the batch of 8, up to float32 rounding."""
+  config = llama.get_config("tiny", dtype=np.float32)
+  model = llama.Llama(config, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  params = nnx.to_pure_dict(params)
+  tokens = np.random.default_rng(0).integers(0, 256, (8, 17))
+
+  def loss_fn(params, inputs, targets):
+    return train.cross_entropy(nnx.merge(graphdef, params)(inputs), targets)
+
+  args = (loss_fn, params, tokens[:, :-1], tokens[:, 1:])
+  whole_loss, whole = jax.jit(train.loss_and_grads, static_argnums=(0, 4))(
+    *args, 1
+  )
+  accum_loss, accum = jax.jit(train.loss_and_grads, static_argnums=(0, 4))(
+    *args, 4
+  )
+  assert abs(accum_loss - whole_loss) <= 1e-5 * whole_loss
+  assert_trees_close(accum, whole, 1e-5)
+
+
+def test_grad_accum_gives_the_update_of_the_whole_batch():
+  """3 train steps on 2 devices, batch 8 as K = 4 microbatches: the same losses
+  and parameters as K = 1, up to float32 rounding. SGD, so that the check is
+  of the accumulation alone: Adam's first steps divide by |g| + eps and blow
+  up the rounding of near-zero gradient entries (SinkGD's embedding group
+  differs by ~2e-5 there, at equal gradients to 1e-5)."""
+  config = train.TrainConfig(optimizer="sgd", lr=1.0, steps=3, warmup=1)
+  whole_losses, whole = _train_steps(config, 3, grad_accum=1)
+  accum_losses, accum = _train_steps(config, 3, grad_accum=4)
+  np.testing.assert_allclose(accum_losses, whole_losses, rtol=1e-5)
+  assert_trees_close(accum, whole, 1e-5)
+  assert whole_losses[-1] < whole_losses[0] - 0.01  # the steps did something
+
+
+def test_batch_that_grad_accum_does_not_split_is_one_line_error(
+  tmp_path, capsys
+):
+  code = train.main(SMALL + ["--run-dir", str(tmp_path), "--grad-accum", "3"])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count("\n") == 1, err
+  assert "--batch-size 8 does not split into --grad-accum 3" in err
+
+
+@pytest.mark.parametrize("name", ["sinkgd", "swan", "muon", "adamw"])
+def test_update_of_stacked_layers_is_the_per_layer_update(name):
+  """With --scan-layers a kernel is (layers, fan_in, fan_out): the optimizer
+  treats the layer axis as a batch axis, so its update is the stack of the
+  updates of the unrolled model's per-layer kernels."""
+  n = 2
+  config = llama.get_config("tiny", n_layers=n)
+  unrolled = llama.abstract_params(config)
+  leaves, treedef = jax.tree.flatten(unrolled)
+  keys = jax.random.split(jax.random.key(0), 2 * len(leaves))
+  params, grads = (
+    treedef.unflatten(
+      [
+        scale * jax.random.normal(k, x.shape)
+        for k, x in zip(keys[i::2], leaves)
+      ]
+    )
+    for i, scale in ((0, 0.02), (1, 1.0))
+  )
+
+  def stack(tree):
+    return {
+      **{k: v for k, v in tree.items() if k != "layers"},
+      "layers": jax.tree.map(
+        lambda *xs: jnp.stack(xs), *[tree["layers"][i] for i in range(n)]
+      ),
+    }
+
+  tx, _ = train.make_optimizer(
+    train.TrainConfig(optimizer=name, steps=10, warmup=1)
+  )
+
+  def two_updates(params, grads):
+    state = tx.init(params)
+    for _ in range(2):  # the first has lr 0 (warmup)
+      updates, state = tx.update(grads, state, params)
+    return updates
+
+  per_layer = jax.jit(two_updates)(params, grads)
+  stacked = jax.jit(two_updates)(stack(params), stack(grads))
+  assert stacked["layers"]["mlp"]["up_proj"]["kernel"].shape == (n, 128, 352)
+  assert_trees_close(stacked, stack(per_layer), 1e-5)
+
+
+def test_scanned_run_trains_and_its_checkpoint_is_refused_unrolled(
+  tmp_path, capsys
+):
+  summary = run(
+    tmp_path, "--scan-layers", "--remat", "block", "--ckpt-every", "6"
+  )
+  assert losses(summary)[-1] < losses(summary)[0] - 1.0
+  code = train.main(
+    SMALL + ["--run-dir", str(tmp_path), "--resume", "--steps", "8"]
+  )
+  err = capsys.readouterr().err
+  assert code == 1 and err.count("\n") == 1, err
+  assert (
+    "holds a run with a different layout (scanned layers (--scan-layers), "
+    "not unrolled layers)" in err
+  )
+
+
 def test_cli_defaults_are_the_config_defaults(monkeypatch):
   for name in (
     "JAX_COORDINATOR_ADDRESS",
@@ -335,12 +481,18 @@ def test_mesh_that_does_not_divide_a_dimension_trains_with_it_replicated(
 # ------------------------------------------------------------------ meshes
 
 
-@pytest.mark.parametrize("name", ["fsdp8", "data2_fsdp2_tensor2"])
+@pytest.mark.parametrize(
+  "name", ["fsdp8", "data2_fsdp2_tensor2", "fsdp2_grad_accum2"]
+)
 def test_sharded_run_matches_single_device(
   name, single_device, fsdp8, tmp_path
 ):
   if name == "fsdp8":
     sharded = fsdp8[0]
+  elif name == "fsdp2_grad_accum2":
+    sharded = run(
+      tmp_path, "--devices", "2", "--grad-accum", "2", "--ckpt-every", "0"
+    )
   else:
     sharded = run(
       tmp_path, "--mesh", "data=2,fsdp=2,tensor=2", "--ckpt-every", "0"
