@@ -40,7 +40,9 @@ import multinorm_optax as mo
 from models.llama import (
   ATTENTION_IMPLS,
   REMAT_POLICIES,
+  abstract_model,
   abstract_params,
+  attention_impl,
   count_params,
   create_sharded_model,
   get_config,
@@ -51,6 +53,7 @@ from pretrain import mesh as meshlib
 from pretrain.checkpoint import Checkpoints, SaveError
 from pretrain.config import DEFAULT_LR, OPTIMIZERS, TrainConfig
 from pretrain.data import BatchSampler, load_corpus, validation_batches
+from pretrain.flops import flops_per_token, peak_flops
 from pretrain.metrics import RunLog, check_metrics_file
 from pretrain.paths import check_writable_dir
 from pretrain.tokenizer import load_tokenizer
@@ -632,6 +635,22 @@ def make_train_step(
   )
 
 
+def jitted_train_step(config: TrainConfig, model_config, mesh, tx):
+  """(train.py's jitted step for `config` on `mesh`, the abstract train state
+  it takes): what benchmarks lower, compile and time, built from shapes."""
+  state, shardings = abstract_train_state(model_config, tx, mesh)
+  step = make_train_step(
+    nnx.graphdef(abstract_model(model_config)),
+    tx,
+    shardings,
+    meshlib.batch_sharding(mesh),
+    grad_clip=config.grad_clip,
+    grad_accum=config.grad_accum,
+    nan_step=config.inject_nan_at,
+  )
+  return step, state
+
+
 def make_eval_step(graphdef, params_shardings, batch_sharding):
   """Jitted (params, inputs, targets) -> mean token cross entropy."""
 
@@ -838,13 +857,24 @@ def _describe(args, config, mesh, corpus) -> str:
     f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)\n"
     f"data {corpus.description}\n"
     f"{args.steps} steps of {args.batch_size} x {args.seq_len} tokens"
+    + (f" in {args.grad_accum} microbatches" if args.grad_accum > 1 else "")
+    + f" | attention {attention_impl(config.attention, config.dtype, config.head_dim)}"
+    + f", remat {config.remat}, layers "
+    + ("scanned" if config.scan_layers else "unrolled")
   )
 
 
 def _closing_line(s: dict) -> str:
   line = f"done: {s['steps']} steps, {s['tokens'] / 1e6:.2f}M tokens, {s['time_s']:.0f}s"
   if s["tokens_per_s"]:
-    line += f" ({s['tokens_per_s']:,.0f} tokens/s)"
+    line += (
+      f" ({s['tokens_per_s']:,.0f} tokens/s, "
+      f"{s['tokens_per_s_per_device']:,.0f} per device, MFU "
+      + ("n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%")
+      + ")"
+    )
+  if s["peak_memory_bytes"] is not None:
+    line += f" | peak memory {s['peak_memory_bytes'] / 2**30:.2f} GiB/device"
   if s["final_train_loss"] is not None:
     line += f" | train loss {s['final_train_loss']:.4f} (last 10 steps)"
   if s["final_val_loss"] is not None:
@@ -949,6 +979,9 @@ def train(args) -> dict:
     enabled=jax.process_index() == 0,
     progress=not args.no_progress,
     tensorboard=tensorboard_dir,
+    flops_per_token=flops_per_token(config, T),
+    peak_flops=peak_flops(mesh.devices.flat[0]),
+    devices=mesh.devices.flat,
   )
   for note in [*(ckpt.notes if ckpt else ()), *unsplit_dims(config, mesh)]:
     log.print(f"note: {note}")

@@ -2,7 +2,8 @@
 
 One JSON object per line, each with "kind" and "step":
 
-    {"kind": "train", "step": s, "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "time_s"}
+    {"kind": "train", "step": s, "loss", "lr", "grad_norm", "tokens", "tokens_per_s",
+     "tokens_per_s_per_device", "mfu", "peak_memory_bytes", "time_s"}
     {"kind": "eval",  "step": s, "val_loss", "val_ppl", "time_s"}
 
 With `tensorboard=DIR` the same numbers also go to TensorBoard event files in DIR
@@ -10,7 +11,9 @@ With `tensorboard=DIR` the same numbers also go to TensorBoard event files in DI
 "train/grad_norm", "train/tokens_per_s", "eval/val_loss" and "eval/val_ppl" at
 their step.
 
-"time_s" is seconds since the run (or its resumption) started, taken when the record is
+"mfu" is model FLOPs utilization (pretrain/flops.py), null on a device whose peak
+is unknown; "peak_memory_bytes" the largest device's peak, null where the backend
+does not report it (CPU). "time_s" is seconds since the run (or its resumption) started, taken when the record is
 made: after the step's update for train records, after the evaluation for eval records.
 
 "step" counts the updates the measured parameters have had: train step s is the loss of
@@ -25,6 +28,7 @@ import os
 import sys
 import time
 
+from pretrain.flops import mfu, peak_memory_bytes
 from pretrain.paths import check_writable_dir
 
 
@@ -44,6 +48,9 @@ class RunLog:
     tensorboard: a directory for TensorBoard event files, or None for none. On
       resume, TensorBoard hides the old file's events from `start` on, which
       the resumed run writes again.
+    flops_per_token: training FLOPs per token, for the MFU (None: no MFU).
+    peak_flops: peak FLOP/s of one device (None: unknown, no MFU).
+    devices: the devices of the run (tokens/s per device, peak memory).
   """
 
   def __init__(
@@ -57,12 +64,18 @@ class RunLog:
     enabled: bool = True,
     progress: bool = True,
     tensorboard: str | None = None,
+    flops_per_token: float | None = None,
+    peak_flops: float | None = None,
+    devices=(),
   ):
     self.path = path if enabled else None
     self.enabled = enabled
     self.start, self.steps = start, steps
     self.tokens_per_step = tokens_per_step
     self.log_every = log_every
+    self.flops_per_token = flops_per_token
+    self.peak_flops = peak_flops
+    self.devices = list(devices)
     self.history: list[dict] = []
     self.evals: list[dict] = []
     self.t0 = time.time()
@@ -117,6 +130,7 @@ class RunLog:
     if done % self.log_every == 0 or done == self.steps or step == self.start:
       tokens_per_s = tokens / max(now - t_window, 1e-9)
       self._window = (now, 0)
+      rates = self._rates(tokens_per_s)
       self._write(
         {
           "kind": "train",
@@ -126,18 +140,30 @@ class RunLog:
           "grad_norm": grad_norm,
           "tokens": done * self.tokens_per_step,
           "tokens_per_s": tokens_per_s,
+          **rates,
+          "peak_memory_bytes": peak_memory_bytes(self.devices),
           "time_s": now - self.t0,
         }
       )
       if self._bar is not None:
-        self._bar.set_postfix(
+        postfix = dict(
           loss=f"{loss:.3f}",
-          tok_s=f"{tokens_per_s:,.0f}",
+          tok_s_dev=f"{rates['tokens_per_s_per_device']:,.0f}",
           lr=f"{lr:.2e}",
-          refresh=False,
         )
+        if rates["mfu"] is not None:
+          postfix["mfu"] = f"{100 * rates['mfu']:.1f}%"
+        self._bar.set_postfix(**postfix, refresh=False)
     if self._bar is not None:
       self._bar.update(1)
+
+  def _rates(self, tokens_per_s: float | None) -> dict:
+    """tokens/s per device and MFU of a global token rate."""
+    n = max(len(self.devices), 1)
+    return {
+      "tokens_per_s_per_device": tokens_per_s / n if tokens_per_s else None,
+      "mfu": mfu(tokens_per_s, self.flops_per_token or 0, n, self.peak_flops),
+    }
 
   def eval(self, step: int, val_loss: float) -> None:
     record = {
@@ -172,6 +198,9 @@ class RunLog:
     timed = self.history[1:]
     span = timed[-1]["time_s"] - self.history[0]["time_s"] if timed else 0.0
     last = self.evals[-1] if self.evals else {}
+    tokens_per_s = (
+      len(timed) * self.tokens_per_step / span if span > 0 else None
+    )
     return {
       "final_train_loss": sum(tail) / len(tail) if tail else None,
       "final_val_loss": last.get("val_loss"),
@@ -179,9 +208,9 @@ class RunLog:
       "tokens": self.steps * self.tokens_per_step,
       "tokens_this_run": len(self.history) * self.tokens_per_step,
       "time_s": time.time() - self.t0,
-      "tokens_per_s": len(timed) * self.tokens_per_step / span
-      if span > 0
-      else None,
+      "tokens_per_s": tokens_per_s,
+      **self._rates(tokens_per_s),
+      "peak_memory_bytes": peak_memory_bytes(self.devices),
       "history": self.history,
       "evals": self.evals,
     }
