@@ -84,7 +84,9 @@ def parse_args(argv=None) -> TrainConfig:
   env = os.environ.get
   g = p.add_argument_group("model and optimizer")
   g.add_argument(
-    "--model", default="tiny", help="tiny, 60m, 130m, 350m or 1b (%(default)s)"
+    "--model",
+    default="tiny",
+    help="tiny, 60m, 130m, 350m, 1b or 7b (%(default)s)",
   )
   g.add_argument(
     "--d-model",

@@ -56,7 +56,7 @@ from models.llama import CONFIGS, count_params  # noqa: E402
 from pretrain import mesh as meshlib  # noqa: E402
 from pretrain.config import TrainConfig  # noqa: E402
 
-MODELS = ("tiny", "60m", "130m", "350m", "1b")
+MODELS = ("tiny", "60m", "130m", "350m", "1b", "7b")
 OPTIMIZERS = ("adamw", "sinkgd", "swan", "muon")
 GIB = 2**30
 

@@ -170,6 +170,15 @@ CONFIGS: dict[str, LlamaConfig] = {
     n_kv_heads=None,
     d_ff=5461,
   ),
+  # LLaMA-7B's shape (6.74B parameters): the next size up, for capacity.
+  "7b": LlamaConfig(
+    vocab_size=32000,
+    d_model=4096,
+    n_layers=32,
+    n_heads=32,
+    n_kv_heads=None,
+    d_ff=11008,
+  ),
 }
 
 

@@ -105,7 +105,7 @@ def test_count_params_equals_built_model_with_gqa_and_tying(overrides):
 def test_count_params_matches_galore_sizes():
   exact = {
     name: llama.count_params(llama.get_config(name))
-    for name in ("tiny", "60m", "130m", "350m", "1b")
+    for name in ("tiny", "60m", "130m", "350m", "1b", "7b")
   }
   assert exact == {
     "tiny": 869_504,
@@ -113,6 +113,7 @@ def test_count_params_matches_galore_sizes():
     "130m": 134_105_856,
     "350m": 367_969_280,
     "1b": 1_339_082_752,
+    "7b": 6_738_415_616,  # LLaMA-7B's count
   }
   galore_millions = {"60m": 58, "130m": 134, "350m": 368, "1b": 1339}
   for name, millions in galore_millions.items():
