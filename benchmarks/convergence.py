@@ -244,13 +244,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
   return statistics.fmean(values), std
 
 
-def loss_verdict(mean: float, std: float, ref_mean: float, ref_std: float):
-  """ "tie" when |mean - ref_mean| <= std + ref_std, else "lower" or "higher"."""
-  if not (math.isfinite(mean) and math.isfinite(ref_mean)):
+def loss_verdict(diffs: list[float]) -> str:
+  """From per-seed differences d = loss - reference loss (paired: a seed fixes
+  init, data order and validation files for both): "tie" when |mean d| <= std d,
+  else "lower" or "higher"."""
+  mean, std = mean_std(diffs)
+  if not math.isfinite(mean):
     return "n/a"
-  if abs(mean - ref_mean) <= std + ref_std:
+  if abs(mean) <= std:
     return "tie"
-  return "lower" if mean < ref_mean else "higher"
+  return "lower" if mean < 0 else "higher"
 
 
 def speedup_verdict(mean: float, std: float) -> str:
@@ -482,7 +485,7 @@ def summarize(final: dict, corpora: list[str], seeds: list[int]) -> dict:
     kinds = [k for k in ADAMW_KINDS if k in rows]
     ref = min(kinds, key=lambda k: rows[k]["loss"][0]) if kinds else None
     for variant, row in rows.items():
-      row["steps"], row["speedups"] = [], []
+      row["steps"], row["speedups"], row["diffs"] = [], [], []
       if ref is None:
         continue
       for s in seeds:
@@ -491,6 +494,7 @@ def summarize(final: dict, corpora: list[str], seeds: list[int]) -> dict:
         if mine is None or theirs is None:
           continue
         target = final_loss(theirs)
+        row["diffs"].append(final_loss(mine) - target)
         hit = first_reaching(mine["curve"], target)
         ref_hit = first_reaching(theirs["curve"], target)
         row["steps"].append(hit["step"] if hit else None)
@@ -503,11 +507,13 @@ def summarize(final: dict, corpora: list[str], seeds: list[int]) -> dict:
       row["speedup"] = (
         mean_std(row["speedups"]) if complete else (math.nan, math.nan)
       )
-      row["loss_verdict"] = loss_verdict(*row["loss"], *rows[ref]["loss"])
+      row["diff"] = mean_std(row["diffs"])
+      row["loss_verdict"] = loss_verdict(row["diffs"])
       row["speedup_verdict"] = (
         speedup_verdict(*row["speedup"]) if complete else "not reached"
       )
-    out[corpus] = {"reference": ref, "rows": rows}
+    if rows:
+      out[corpus] = {"reference": ref, "rows": rows}
   return out
 
 
@@ -522,7 +528,7 @@ def _pm(ms, fmt=".4f") -> str:
   mean, std = ms
   if not math.isfinite(mean):
     return "n/a"
-  return f"{mean:{fmt}} ± {std:{fmt}}"
+  return f"{mean:{fmt}} ± {std:{fmt.lstrip('+')}}"
 
 
 def _point(variant: str, lr, adam_lr, alpha: float) -> str:
@@ -598,7 +604,8 @@ def markdown(result: dict) -> str:
       f"Reference: the best AdamW on this corpus, **{ref}**. Target of a seed: "
       f"{ref}'s final validation loss on that seed.",
       "",
-      "| optimizer | point | final val loss | vs best AdamW | steps to target "
+      "| optimizer | point | final val loss | minus best AdamW's, per seed "
+      "| steps to target "
       "(reached) | speedup vs best AdamW | optimizer state |",
       "|---|---|---|---|---|---|---|",
     ]
@@ -613,7 +620,8 @@ def markdown(result: dict) -> str:
       lines.append(
         f"| {variant} | {_point(variant, point['lr'], point['adam_lr'], s['alpha'])} | "
         f"{_pm(row['loss'])} (n={len(row['losses'])}) | "
-        f"{row.get('loss_verdict', 'n/a')} | "
+        f"{_pm(row.get('diff', (math.nan, 0)), '+.4f')} "
+        f"({row.get('loss_verdict', 'n/a')}) | "
         f"{_pm(row.get('steps_ms', (math.nan, 0)), '.0f')} "
         f"({row.get('reached', 'n/a')}) | {speed_text} | "
         f"{point['state_bytes'] / 2**20:.2f} MiB |"
@@ -623,8 +631,10 @@ def markdown(result: dict) -> str:
   if loads:
     lines.append(
       f"Steps are read off the evaluations (every {s['eval_every']} steps). "
-      '"tie": the mean difference is within the two seed standard deviations '
-      "added (loss), or 1 is within mean ± std (speedup). Machine load "
+      "A seed changes the validation files too, so losses are compared per "
+      "seed (paired): the difference to the best AdamW's final loss on the same "
+      'seed, mean ± std over seeds, is a "tie" when |mean| <= std; a speedup is '
+      'a "tie" when 1 is within mean ± std. Machine load '
       f"(1-minute load average after each run): {min(loads):.1f} to "
       f"{max(loads):.1f} on {meta['cpu_count']} cores; times are not compared."
     )

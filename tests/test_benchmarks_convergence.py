@@ -104,8 +104,9 @@ def test_summary_uses_the_best_adamw_kind_and_prints_ties_within_the_spread():
 
 
 def test_verdicts():
-  assert cv.loss_verdict(2.0, 0.01, 2.015, 0.01) == "tie"
-  assert cv.loss_verdict(2.0, 0.01, 2.1, 0.01) == "lower"
+  assert cv.loss_verdict([-0.02, 0.01, 0.0]) == "tie"
+  assert cv.loss_verdict([-0.1, -0.12, -0.11]) == "lower"
+  assert cv.loss_verdict([0.1, 0.12]) == "higher"
   assert cv.speedup_verdict(1.1, 0.2) == "tie"
   assert cv.speedup_verdict(1.5, 0.2) == "faster"
   assert cv.mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
