@@ -28,13 +28,16 @@ The protocol:
    loss and of the steps to the target, the target of a seed being the final
    validation loss of the best AdamW (the kind, adamw or adamw2, with the lower mean
    final loss on that corpus) on that seed. Speedup = the best AdamW's steps to its
-   own final loss / the optimizer's steps, per seed, then mean and std. A difference
-   in mean final loss no larger than the two standard deviations added is printed
-   "tie"; so is a speedup whose mean +- std contains 1.
+   own final loss / the optimizer's steps, per seed, then mean and std. Losses are
+   compared per seed (a seed also picks the validation files): the difference to
+   the best AdamW's final loss, mean +- std over seeds, is printed "tie" when
+   |mean| <= std; so is a speedup whose mean +- std contains 1.
 
 Runs are kept as small JSON files in OUT/runs/, named by a hash of their train.py
 flags: running the command again reuses every run whose flags are unchanged, so the
-phases can be run (and interrupted) separately. Outputs in OUT: convergence.json (the
+phases can be run (and interrupted) separately; --cached-only reports the stored runs
+without training. The key is the flags, not the code: delete OUT/runs/ to measure
+changed code. Outputs in OUT: convergence.json (the
 settings, machine, versions, command, tuning and final runs, summary), convergence.md
 (the tables, also printed) and the plots val_loss_vs_step.png (mean +- std bands) and
 lr_sweep.png.
