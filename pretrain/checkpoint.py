@@ -273,12 +273,14 @@ class Checkpoints:
     for key in MUST_MATCH:
       if key not in saved and key == "data":
         continue  # saved before batch shapes were recorded
+      # A record without an entry (older, or hand-made) means its default.
       was = saved.get(key, IMPLIED.get(key))
-      if was != self.run_record.get(key):
+      now = self.run_record.get(key, IMPLIED.get(key))
+      if was != now:
         why = f": {DATA_WHY}" if key == "data" else ""
         raise ValueError(
           f"{directory} holds a run with a different {key} "
-          f"({_short(was)}, not {_short(self.run_record.get(key))})"
+          f"({_short(was)}, not {_short(now)})"
           f"{why}; use another --ckpt-dir"
         )
     old, new = saved.get("args", {}), self.run_record.get("args", {})
