@@ -52,6 +52,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import train  # noqa: E402
+from benchmarks.step_cost import csv_list  # noqa: E402
 from models.llama import CONFIGS, count_params  # noqa: E402
 from pretrain import mesh as meshlib  # noqa: E402
 from pretrain.config import TrainConfig  # noqa: E402
@@ -211,17 +212,13 @@ def largest_fits(rows: list[dict]) -> dict:
   return best
 
 
-def _csv(text: str) -> list[str]:
-  return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  p.add_argument("--models", type=_csv, default=list(MODELS))
-  p.add_argument("--optimizers", type=_csv, default=list(OPTIMIZERS))
+  p.add_argument("--models", type=csv_list, default=list(MODELS))
+  p.add_argument("--optimizers", type=csv_list, default=list(OPTIMIZERS))
   p.add_argument("--seq-len", type=int, default=256, help="(%(default)s)")
   p.add_argument(
     "--batch-per-device",

@@ -543,7 +543,8 @@ def _versions() -> dict:
 # ---------------------------------------------------------------------------
 
 
-def _csv(text: str) -> list[str]:
+def csv_list(text: str) -> list[str]:
+  """A comma-separated command-line value as a list, blanks dropped."""
   return [x.strip() for x in text.split(",") if x.strip()]
 
 
@@ -554,23 +555,23 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument(
     "--models",
-    type=_csv,
+    type=csv_list,
     default=None,
     help=f"comma-separated LLaMA configs (default: {','.join(CPU_MODELS)} on "
     f"CPU, {','.join(ACCELERATOR_MODELS)} on GPU/TPU)",
   )
   p.add_argument(
     "--optimizers",
-    type=_csv,
+    type=csv_list,
     default=list(OPTIMIZERS),
     help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default: all)",
   )
   p.add_argument(
-    "--skip", type=_csv, default=[], help="optimizers to leave out"
+    "--skip", type=csv_list, default=[], help="optimizers to leave out"
   )
   p.add_argument(
     "--grad-dtypes",
-    type=_csv,
+    type=csv_list,
     default=["float32", "bfloat16"],
     help="gradient dtypes (default: float32,bfloat16)",
   )

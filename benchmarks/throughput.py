@@ -39,6 +39,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import train  # noqa: E402
+from benchmarks.step_cost import csv_list  # noqa: E402
 from models.llama import create_sharded_model  # noqa: E402
 from pretrain import mesh as meshlib  # noqa: E402
 from pretrain.config import TrainConfig  # noqa: E402
@@ -135,17 +136,13 @@ def markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _csv(text: str) -> list[str]:
-  return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   p.add_argument("--model", default="tiny")
-  p.add_argument("--optimizers", type=_csv, default=list(OPTIMIZERS))
+  p.add_argument("--optimizers", type=csv_list, default=list(OPTIMIZERS))
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--seq-len", type=int, default=128)
   p.add_argument("--grad-accum", type=int, default=1)
