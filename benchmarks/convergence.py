@@ -98,8 +98,8 @@ VARIANTS = {
   "adamw2": Variant("adamw", two_groups=True),
   "sinkgd": Variant("sinkgd", two_groups=True),
   "swan": Variant("swan", two_groups=True),
-  # muon's AdamW group stays at train.py's 3e-3: muon is not this study's subject.
-  "muon": Variant("muon"),
+  # muon (optax.contrib.muon) has its own AdamW group: tuned in 2-D like the rest.
+  "muon": Variant("muon", two_groups=True),
   "adafactor": Variant("adafactor"),
   "sgd": Variant("sgd"),
   "sinkgd_l1": Variant("sinkgd", flags=("--num-iters", "1"), base="sinkgd"),
@@ -121,7 +121,7 @@ DEFAULT_GRIDS = {
   "adamw2": ((3e-4, 1e-3, 3e-3), (1e-2, 3e-2, 0.1)),
   "sinkgd": ((1e-2, 3e-2, 0.1), (1e-2, 3e-2, 0.1)),
   "swan": ((1e-2, 3e-2, 0.1), (1e-2, 3e-2, 0.1)),
-  "muon": ((0.01, 0.02, 0.05), None),
+  "muon": ((0.01, 0.02, 0.05), (3e-3, 1e-2, 3e-2)),
   "adafactor": ((3e-3, 1e-2, 3e-2), None),
   "sgd": ((0.1, 0.3, 1.0), None),
 }

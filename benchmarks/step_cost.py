@@ -106,6 +106,7 @@ CASES: dict[str, dict[str, Any]] = {
   "swan": dict(optimizer="swan"),
   # Each whitening mode of multinorm_optax.whiten, named.
   "swan_fast": dict(optimizer="swan", swan_whiten="fast"),
+  "swan_fast4": dict(optimizer="swan", swan_whiten="fast", ns_steps=4),
   "swan_exact": dict(optimizer="swan", swan_whiten="exact"),
   "swan_newton_schulz": dict(optimizer="swan", swan_whiten="newton_schulz"),
   "sinkgd_l1": dict(optimizer="sinkgd", num_iters=1),
