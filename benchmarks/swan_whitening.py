@@ -15,7 +15,7 @@ space (where the reference is 0), and ``max |W - W_ref|``.
 
 ``train``: train.py's tiny model (``train.train``, nothing re-implemented), the
 default convergence run of benchmarks/convergence.py (400 steps of 16 x 64
-tokens, stdlib corpus, warmup 10% then cosine, clip 1) at SWAN's best lr
+tokens, --data corpus (stdlib), warmup 10% then cosine, clip 1) at SWAN's best lr
 there (0.03), once per (mode, ns_steps, seed) in ``--runs``; final validation
 loss. Outputs go to ``--out`` (``swan_whitening.json``, updated after every
 run).
@@ -120,11 +120,15 @@ def train_runs(args) -> list[dict]:
 
   path = args.out / "swan_whitening.json"
   results = json.loads(path.read_text()) if path.exists() else []
-  done = {(r["mode"], r["lower"], r["ns_steps"], r["seed"]) for r in results}
+  # Records from before --data existed were all trained on stdlib.
+  done = {
+    (r["mode"], r["lower"], r["ns_steps"], r["seed"], r.get("corpus", "stdlib"))
+    for r in results
+  }
   for mode, steps, seed in args.runs:
     lower, default_steps = _design(mode)
     steps = default_steps if steps is None else steps
-    if (mode, lower, steps, seed) in done:
+    if (mode, lower, steps, seed, args.data) in done:
       continue
     argv = [
       "--optimizer",
@@ -156,6 +160,8 @@ def train_runs(args) -> list[dict]:
       "--no-progress",
       "--ns-steps",
       str(steps),
+      "--data",
+      args.data,
     ]
     summary = train.train(train.parse_args(argv))
     results.append(
@@ -164,13 +170,16 @@ def train_runs(args) -> list[dict]:
         "lower": lower,
         "ns_steps": steps,
         "seed": seed,
+        "corpus": args.data,
         "final_val_loss": summary["final_val_loss"],
         "evals": summary.get("evals"),
         "argv": argv,
       }
     )
     print(
-      f"{mode} {steps} seed {seed}: {summary['final_val_loss']:.4f}", flush=True
+      f"{mode} {steps} seed {seed} {args.data}: "
+      f"{summary['final_val_loss']:.4f}",
+      flush=True,
     )
     path.write_text(json.dumps(results, indent=1))
   return results
@@ -214,6 +223,11 @@ def main(argv=None):
     type=_runs,
     default=DEFAULT_RUNS,
     help="train: mode:ns_steps:seed,... (empty ns_steps: the mode's default)",
+  )
+  p.add_argument(
+    "--data",
+    default="stdlib",
+    help="train: the corpus, as train.py's --data (%(default)s)",
   )
   p.add_argument(
     "--out",

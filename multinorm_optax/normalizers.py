@@ -270,15 +270,22 @@ def whiten(g: Array, *, mode: str = "newton_schulz", ns_steps=None) -> Array:
     raise ValueError(
       f"whiten: unknown mode {mode!r}; choose one of {WHITEN_MODES}"
     )
+  # "exact" promises float32 accuracy on every backend: without HIGHEST, GPUs
+  # multiply float32 matrices in TF32 and TPUs in one bfloat16 pass, which
+  # loses the small eigenvalues of the Gram matrix (they are s^2).
+  mm = functools.partial(
+    jnp.matmul,
+    precision=jax.lax.Precision.HIGHEST if mode == "exact" else None,
+  )
   if mode == "newton_schulz":
     steps = NEWTON_SCHULZ_STEPS if ns_steps is None else ns_steps
-    inverse_sqrt = _newton_schulz_inverse_sqrt
+    inverse_sqrt = functools.partial(_newton_schulz_inverse_sqrt, mm=mm)
   else:
     lower, default_steps = POLAR_DESIGN[mode]
     steps = default_steps if ns_steps is None else ns_steps
-    inverse_sqrt = functools.partial(_polar_inverse_sqrt, lower=lower)
+    inverse_sqrt = functools.partial(_polar_inverse_sqrt, lower=lower, mm=mm)
   return _sharding.on_auto_axes(
-    lambda x: _whiten_via_gram(x, inverse_sqrt, steps), g
+    lambda x: _whiten_via_gram(x, inverse_sqrt, steps, mm), g
   )
 
 
@@ -338,7 +345,7 @@ def _minimax_odd_quintic(lo: float, hi: float) -> tuple[float, float, float]:
   return float(a), float(b), float(c)
 
 
-def _whiten_via_gram(g: Array, inverse_sqrt, ns_steps) -> Array:
+def _whiten_via_gram(g: Array, inverse_sqrt, ns_steps, mm) -> Array:
   """``A^{-1/2} G`` (``m <= n``) or ``G A^{-1/2}``, ``A`` the smaller Gram matrix.
 
   ``inverse_sqrt(a, ns_steps)`` runs on every device on the whole (small,
@@ -355,7 +362,7 @@ def _whiten_via_gram(g: Array, inverse_sqrt, ns_steps) -> Array:
   m, n = x.shape[-2:]
   wide = m <= n
   whole = _sharding.unsharded_along(x, -2 if wide else -1)
-  a = whole @ _t(whole) if wide else _t(whole) @ whole
+  a = mm(whole, _t(whole)) if wide else mm(_t(whole), whole)
 
   def correction(a, ns_steps):
     s = jnp.sqrt(jnp.trace(a, axis1=-2, axis2=-1))[..., None, None]
@@ -368,13 +375,13 @@ def _whiten_via_gram(g: Array, inverse_sqrt, ns_steps) -> Array:
     )
   else:  # a traced count is an argument, not a constant of the body
     q, inv_s = _sharding.on_every_device(correction, a, ns_steps)
-  out = (x + (q @ whole if wide else whole @ q)) * inv_s
+  out = (x + (mm(q, whole) if wide else mm(whole, q))) * inv_s
   return out.astype(g.dtype)
 
 
-def _polar_inverse_sqrt(a: Array, *, lower: float, ns_steps) -> Array:
+def _polar_inverse_sqrt(a: Array, *, lower: float, ns_steps, mm) -> Array:
   """``P_K / sqrt(c)`` of :func:`whiten`'s polynomial iteration on ``A``."""
-  a2 = a @ a
+  a2 = mm(a, a)
   c2 = jnp.sqrt(jnp.sum(a2 * a2, axis=(-2, -1), keepdims=True))  # c^2
   inv_c2 = safe_ratio(1.0, c2)
   inv_c = jnp.sqrt(inv_c2)
@@ -391,11 +398,11 @@ def _polar_inverse_sqrt(a: Array, *, lower: float, ns_steps) -> Array:
     p = eye
     for k, coeffs in enumerate(table):
       if k:
-        b2 = b @ b
+        b2 = mm(b, b)
       q = poly(coeffs, b, b2)
-      p = q if k == 0 else q @ p
+      p = q if k == 0 else mm(q, p)
       if k < ns_steps - 1:
-        b = p @ (a @ _t(p)) * inv_c
+        b = mm(p, mm(a, _t(p))) * inv_c
   else:
     table = jnp.asarray(
       [row[:3] for row in polar_quintic_schedule(lower, _MAX_SCHEDULE)],
@@ -404,15 +411,15 @@ def _polar_inverse_sqrt(a: Array, *, lower: float, ns_steps) -> Array:
 
     def step(k, pb):
       p, b = pb
-      q = poly(table[jnp.minimum(k, _MAX_SCHEDULE - 1)], b, b @ b)
-      p = q @ p
-      return p, p @ (a @ _t(p)) * inv_c
+      q = poly(table[jnp.minimum(k, _MAX_SCHEDULE - 1)], b, mm(b, b))
+      p = mm(q, p)
+      return p, mm(p, mm(a, _t(p))) * inv_c
 
     p, _ = repeat(step, ns_steps, (jnp.broadcast_to(eye, a.shape), b))
   return p * jnp.sqrt(inv_c)
 
 
-def _newton_schulz_inverse_sqrt(a: Array, *, ns_steps) -> Array:
+def _newton_schulz_inverse_sqrt(a: Array, *, ns_steps, mm) -> Array:
   """``A^{-1/2}`` by the coupled Newton-Schulz iteration (see :func:`whiten`)."""
   scale = jnp.sqrt(jnp.sum(a * a, axis=(-2, -1), keepdims=True))
   eye = jnp.eye(a.shape[-1], dtype=jnp.float32)
@@ -421,8 +428,8 @@ def _newton_schulz_inverse_sqrt(a: Array, *, ns_steps) -> Array:
 
   def step(_, yz):
     y, z = yz
-    t = 0.5 * (3.0 * eye - z @ y)
-    return y @ t, t @ z
+    t = 0.5 * (3.0 * eye - mm(z, y))
+    return mm(y, t), mm(t, z)
 
   _, z = repeat(step, ns_steps, (y, z))
   return z * safe_ratio(1.0, jnp.sqrt(scale))

@@ -1,5 +1,7 @@
 """SWAN: whitening modes, their accuracy against a float64 reference, and optax machinery."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -92,6 +94,20 @@ def test_exact_mode_matches_float64_polar_factor(shape, cond):
   np.testing.assert_allclose(
     np.linalg.svd(out, compute_uv=False), 1.0, atol=1e-3
   )
+
+
+def test_exact_mode_multiplies_in_full_float32_on_every_backend():
+  # GPUs multiply float32 matrices in TF32 and TPUs in one bfloat16 pass by
+  # default: the Gram matrix's small eigenvalues (s^2) would be lost there,
+  # while this CPU test would pass. So every product of "exact" asks for
+  # HIGHEST, and the cheaper modes leave the choice to the backend.
+  g = jnp.ones((8, 12))
+  for mode, precision in [("exact", "HIGHEST"), ("fast", "DEFAULT")]:
+    whiten = functools.partial(mo.whiten, mode=mode)
+    text = jax.jit(whiten).lower(g).as_text()
+    dots = [line for line in text.splitlines() if "dot_general" in line]
+    assert dots
+    assert all(f"precision = [{precision}, {precision}]" in d for d in dots)
 
 
 def test_exact_mode_on_rank_deficient_input_is_the_pseudo_polar_factor():
