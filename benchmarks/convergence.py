@@ -107,12 +107,24 @@ VARIANTS = {
   "sinkgd_reference": Variant(
     "sinkgd", flags=("--sinkgd-impl", "reference"), base="sinkgd"
   ),
-  "swan_ns5": Variant("swan", flags=("--ns-steps", "5"), base="swan"),
-  "swan_ns2": Variant("swan", flags=("--ns-steps", "2"), base="swan"),
+  # SWAN's whitening (default: the 4-step fast schedule): 3 steps, and the
+  # other two modes (exact; newton_schulz, the default before the modes).
+  "swan_ns3": Variant("swan", flags=("--ns-steps", "3"), base="swan"),
+  "swan_exact": Variant("swan", flags=("--swan-whiten", "exact"), base="swan"),
+  "swan_newton_schulz": Variant(
+    "swan", flags=("--swan-whiten", "newton_schulz"), base="swan"
+  ),
 }
 ADAMW_KINDS = ("adamw", "adamw2")
 DEFAULT_OPTIMIZERS = ("adamw", "adamw2", "sinkgd", "swan", "muon")
-DEFAULT_ABLATIONS = ("sinkgd_l1", "sinkgd_l2", "sinkgd_reference", "swan_ns5")
+DEFAULT_ABLATIONS = (
+  "sinkgd_l1",
+  "sinkgd_l2",
+  "sinkgd_reference",
+  "swan_ns3",
+  "swan_exact",
+  "swan_newton_schulz",
+)
 # (lr grid, adam-lr grid). Centred on the best points of earlier sweeps (one-group
 # AdamW 1e-3; two-group AdamW (1e-3, 3e-2); sinkgd/swan 3e-2 with the AdamW group at
 # the same lr); grid steps ~3x. For sinkgd/swan the matrices step alpha * lr.
@@ -559,8 +571,8 @@ def markdown(result: dict) -> str:
     f"tokens, warmup 10% then cosine to 10% of the peak lr, gradient clip "
     f"{s['grad_clip']:g}; validation every {s['eval_every']} steps on "
     f"{s['eval_batches']} batches. sinkgd/swan: matrices step alpha x lr, alpha "
-    f"{s['alpha']:g}; sinkgd 5 SR-Sinkhorn rounds (fused), swan 10 Newton-Schulz "
-    "steps; muon's AdamW group at 3e-3. Tuned on seed "
+    f"{s['alpha']:g}; sinkgd 5 SR-Sinkhorn rounds (fused), swan's default "
+    "whitening (4 quintic steps, `fast`). Tuned on seed "
     f"{s['tune_seed']} of {s['corpora'][0]}; seeds {s['seeds']}; corpora "
     f"{', '.join(s['corpora'])}.",
     "",

@@ -14,7 +14,8 @@ random float32 or bfloat16 (never zeros). The step is compiled ahead of time
 training loop); the median sample is reported. Optimizers (``--optimizers``):
 sgd, adamw, adafactor, muon (``optax.contrib.muon``, hidden matrices only as in
 our recipe, the rest its AdamW), swan (its default whitening) and swan_fast,
-swan_exact, swan_newton_schulz (each ``whiten`` mode), sinkgd_l1 and sinkgd_l5 (the default
+swan_exact, swan_newton_schulz (each ``whiten`` mode; swan_fast3 the 3-step
+fast schedule), sinkgd_l1 and sinkgd_l5 (the default
 fused SR-Sinkhorn), and sinkgd_l5_reference (``impl="reference"``, each
 normalization materialized). Each is ``train.make_optimizer`` of a
 ``TrainConfig`` (``CASES`` names the fields that differ): the very optimizer
@@ -106,7 +107,7 @@ CASES: dict[str, dict[str, Any]] = {
   "swan": dict(optimizer="swan"),
   # Each whitening mode of multinorm_optax.whiten, named.
   "swan_fast": dict(optimizer="swan", swan_whiten="fast"),
-  "swan_fast4": dict(optimizer="swan", swan_whiten="fast", ns_steps=4),
+  "swan_fast3": dict(optimizer="swan", swan_whiten="fast", ns_steps=3),
   "swan_exact": dict(optimizer="swan", swan_whiten="exact"),
   "swan_newton_schulz": dict(optimizer="swan", swan_whiten="newton_schulz"),
   "sinkgd_l1": dict(optimizer="sinkgd", num_iters=1),

@@ -263,7 +263,7 @@ def swan(
   alpha: float = 0.05,
   ns_steps: int | None = None,
   rescale: bool = True,
-  whiten_mode: str = "newton_schulz",
+  whiten_mode: str = "fast",
   weight_decay: float = 0.0,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   adam_b1: float = 0.9,

@@ -323,7 +323,7 @@ def scale_by_swan(
   ns_steps: int | None = None,
   rescale: bool = True,
   dimension_numbers: DimensionNumbersSpec = None,
-  whiten_mode: str = "newton_schulz",
+  whiten_mode: str = "fast",
 ) -> optax.GradientTransformation:
   r"""SWAN: GradNorm (row standardization) then GradWhitening, one round.
 
@@ -342,8 +342,9 @@ def scale_by_swan(
     ns_steps: iterations of the whitening; None for ``whiten_mode``'s default.
     rescale: rescale the update to RMS 1.
     dimension_numbers: see :func:`multinorm`.
-    whiten_mode: ``"fast"``, ``"exact"`` or ``"newton_schulz"``, see
-      :func:`whiten` (cost and accuracy of each in docs/BENCHMARKS.md).
+    whiten_mode: ``"fast"`` (default), ``"exact"`` or ``"newton_schulz"``
+      (the default before the modes existed), see :func:`whiten` (cost and
+      accuracy of each in docs/BENCHMARKS.md).
 
   References:
     Ma, Gong, Scetbon, Meeds, *SWAN: SGD with Normalization and Whitening
@@ -357,9 +358,10 @@ def scale_by_swan(
     >>> tx = mno.scale_by_swan()
     >>> updates, _ = tx.update(grads, tx.init(grads))
     >>> u = updates["kernel"]
-    >>> # Whitened: all singular values equal; rescaled: RMS 1.
+    >>> # Whitened: all singular values equal (to the default mode's 1.25e-2);
+    >>> # rescaled: RMS 1.
     >>> s = jnp.linalg.svd(u, compute_uv=False)
-    >>> print(bool(jnp.allclose(s, s[0], rtol=1e-3)))
+    >>> print(bool(jnp.allclose(s, s.mean(), rtol=3e-2)))
     True
     >>> print(round(float(jnp.sqrt(jnp.mean(u**2))), 4))
     1.0

@@ -9,6 +9,7 @@ import pytest
 
 import multinorm_optax as mo
 from multinorm_optax import DimensionNumbers
+from multinorm_optax.normalizers import POLAR_DESIGN, polar_quintic_schedule
 from tests import reference
 
 IMPLS = pytest.mark.parametrize("impl", ["fused", "reference"])
@@ -67,20 +68,35 @@ def test_pytorch_layout_via_dimension_numbers_equals_reference_directly(impl):
   )
 
 
+# |singular value - 1| each whitening mode may leave on these Gaussian inputs:
+# float32 rounding for "exact", its designed band for the default "fast".
+SWAN_SV_ATOL = {
+  "exact": 5e-3,
+  "fast": 2e-3 + polar_quintic_schedule(*POLAR_DESIGN["fast"])[-1][3],
+}
+
+
+@pytest.mark.parametrize("mode", SWAN_SV_ATOL)
 @pytest.mark.parametrize("m,n", [(64, 16), (16, 64)])
-def test_swan_equals_reference(m, n):
+def test_swan_equals_reference(m, n, mode):
   g = _rand((m, n), seed=7)
-  out = _update(mo.scale_by_swan(), {"kernel": jnp.asarray(g.T)})["kernel"]
+  atol = SWAN_SV_ATOL[mode]
+  tx = mo.scale_by_swan(whiten_mode=mode)
+  out = _update(tx, {"kernel": jnp.asarray(g.T)})["kernel"]
+  # The tall case has a null direction (row standardization) whose rounding
+  # noise "exact" lifts to ~1e-2 (see whiten's docstring).
+  entry_atol = max(atol, 1.2e-2) if mode == "exact" else atol
   np.testing.assert_allclose(
-    np.asarray(out).T, reference.swan(g), atol=5e-3 * np.sqrt(max(m, n))
+    np.asarray(out).T, reference.swan(g), atol=entry_atol * np.sqrt(max(m, n))
   )
   unscaled = _update(
-    mo.scale_by_swan(rescale=False), {"kernel": jnp.asarray(g.T)}
+    mo.scale_by_swan(rescale=False, whiten_mode=mode),
+    {"kernel": jnp.asarray(g.T)},
   )["kernel"]
   nonzero = np.linalg.svd(np.asarray(unscaled, np.float64), compute_uv=False)[
     : min(m, n) - (m >= n)
   ]
-  np.testing.assert_allclose(nonzero, 1.0, atol=5e-3)
+  np.testing.assert_allclose(nonzero, 1.0, atol=atol)
 
 
 def test_swan_is_multinorm_of_row_standardize_then_whiten():
@@ -192,13 +208,16 @@ def test_zero_rows_and_columns_stay_zero_without_nan_or_blowup(impl):
   assert np.count_nonzero(out) == 1 and 0 < abs(out[2, 7]) <= np.sqrt(20)
 
 
+_SWAN_DEFAULT = mo.scale_by_swan()
+
+
 @pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20, 1e30])
 @pytest.mark.parametrize(
   "tx",
   [
     mo.scale_by_sinkgd(5, impl="fused"),
     mo.scale_by_sinkgd(5, impl="reference"),
-    mo.scale_by_swan(),
+    _SWAN_DEFAULT,
   ],
   ids=["sinkgd-fused", "sinkgd-reference", "swan"],
 )
@@ -207,7 +226,13 @@ def test_update_is_scale_invariant_over_float32_range(tx, scale):
   base = _update(tx, {"k": jnp.asarray(g)})
   scaled = _update(tx, {"k": jnp.asarray(g * np.float32(scale))})
   chex.assert_tree_all_finite(scaled)
-  chex.assert_trees_all_close(scaled, base, rtol=1e-4, atol=1e-5)
+  # SWAN: row standardization leaves this tall matrix (paper view 40 x 24) a
+  # null direction (the all-ones one); whitening lifts small singular values
+  # toward 1 by design, so it amplifies that direction's float32 rounding
+  # noise (from the input's own rounding after scaling) to ~1e-4 of the
+  # update's entries (which are ~1). SinkGD has no such direction.
+  atol = 5e-4 if tx is _SWAN_DEFAULT else 1e-5
+  chex.assert_trees_all_close(scaled, base, rtol=1e-4, atol=atol)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
