@@ -18,7 +18,9 @@ default convergence run of benchmarks/convergence.py (400 steps of 16 x 64
 tokens, --data corpus (stdlib), warmup 10% then cosine, clip 1) at SWAN's best lr
 there (0.03), once per (mode, ns_steps, seed) in ``--runs``; final validation
 loss. Outputs go to ``--out`` (``swan_whitening.json``, updated after every
-run).
+run; a run already there for the same mode, design, steps, seed and corpus is
+skipped). ``--fast-lower X`` redesigns the fast schedule for ``[X, 1]`` in
+this process, to try other designs without editing the library.
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ def main(argv=None):
   p.add_argument(
     "--modes",
     type=_mode_steps,
-    default=_mode_steps("newton_schulz,exact,exact:5,fast:4,fast,fast:2"),
+    default=_mode_steps("newton_schulz,exact,exact:5,fast,fast:3,fast:2"),
     help="accuracy: mode[:ns_steps],... (default: all modes and the study's "
     "step counts)",
   )
@@ -234,7 +236,19 @@ def main(argv=None):
     type=Path,
     default=REPO / "benchmarks" / "results" / "swan_whitening_cpu",
   )
+  p.add_argument(
+    "--fast-lower",
+    type=float,
+    default=None,
+    help="redesign the fast mode's schedule for [FAST_LOWER, 1] in this "
+    "process (default: the library's); the records keep the design used",
+  )
   args = p.parse_args(argv)
+  if args.fast_lower is not None:
+    norms.POLAR_DESIGN["fast"] = (
+      args.fast_lower,
+      norms.POLAR_DESIGN["fast"][1],
+    )
   args.out.mkdir(parents=True, exist_ok=True)
   if args.what == "accuracy":
     print(
