@@ -100,7 +100,9 @@ def parse_args(argv=None) -> TrainConfig:
     default="sinkgd",
     choices=OPTIMIZERS,
     help="(%(default)s) sinkgd, swan: the paper's recipe, normalized "
-    "hidden matrices and AdamW for the rest",
+    "hidden matrices and AdamW for the rest; sinkgd_stateless: no AdamW, "
+    "no optimizer state (per-token embedding steps, SR-Sinkhorn head, sign "
+    "steps for norm scales, at --adam-lr)",
   )
   g.add_argument(
     "--lr",
@@ -115,7 +117,8 @@ def parse_args(argv=None) -> TrainConfig:
     type=float,
     default=None,
     help="sinkgd/swan/muon/adamw: peak lr of the AdamW group (embeddings, "
-    f"head, norms); default --lr, or {MUON_ADAM_LR:g} for muon; adamw with it "
+    "head, norms; sinkgd_stateless: of its stateless steps for them); "
+    f"default --lr, or {MUON_ADAM_LR:g} for muon; adamw with it "
     "steps the hidden matrices at --lr and the rest at --adam-lr",
   )
   g.add_argument(
@@ -135,6 +138,15 @@ def parse_args(argv=None) -> TrainConfig:
     default="auto",
     choices=SINKGD_IMPLS,
     help="sinkgd: SR-Sinkhorn implementation (%(default)s)",
+  )
+  g.add_argument(
+    "--update-scale",
+    default="rms",
+    choices=mo.UPDATE_SCALES,
+    help="sinkgd/swan/sinkgd_stateless: the hidden matrices' step size rule: "
+    "rms, RMS-1 updates (the paper's); spectral, operator norm "
+    "sqrt(fan_out/fan_in) for a flat spectrum; mup, 1/fan_in "
+    "(multinorm_optax.update_scale; lrs differ between rules) (%(default)s)",
   )
   g.add_argument(
     "--swan-whiten",
@@ -452,6 +464,7 @@ def build_optimizer(
       alpha=args.alpha,
       num_iters=args.num_iters,
       impl=args.sinkgd_impl,
+      update_scale=args.update_scale,
       weight_decay=wd,
       weight_decay_mask=decay_mask,
       adam_learning_rate=adam_schedule,
@@ -463,9 +476,21 @@ def build_optimizer(
       alpha=args.alpha,
       ns_steps=args.ns_steps,
       **mode,
+      update_scale=args.update_scale,
       weight_decay=wd,
       weight_decay_mask=decay_mask,
       adam_learning_rate=adam_schedule,
+    )
+  if name == "sinkgd_stateless":
+    return mo.sinkgd_stateless(
+      schedule,
+      alpha=args.alpha,
+      num_iters=args.num_iters,
+      impl=args.sinkgd_impl,
+      update_scale=args.update_scale,
+      weight_decay=wd,
+      weight_decay_mask=decay_mask,
+      rest_learning_rate=adam_schedule,
     )
   if name == "adamw":
     if args.adam_lr is None:
@@ -725,7 +750,12 @@ def run_record(args, config, tokenizer) -> dict:
     "model": {"name": args.model, **model},
     "layout": LAYOUTS[config.scan_layers],
     "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
-    "optimizer": {"name": args.optimizer},
+    # A rule other than the paper's changes the optimizer state's tree, so a
+    # resume across rules is refused; "rms" adds nothing, as in older records.
+    "optimizer": {"name": args.optimizer}
+    | (
+      {} if args.update_scale == "rms" else {"update_scale": args.update_scale}
+    ),
     # The batch of step s is cut from the corpus by (seed, s, batch, seq_len).
     "data": {"--batch-size": args.batch_size, "--seq-len": args.seq_len},
     "args": {

@@ -114,6 +114,18 @@ VARIANTS = {
   "swan_newton_schulz": Variant(
     "swan", flags=("--swan-whiten", "newton_schulz"), base="swan"
   ),
+  # Options beyond the paper (multinorm_optax.update_scale, sinkgd_stateless),
+  # each tuned in 2-D: a new step-size rule or recipe moves the best lrs.
+  "sinkgd_spectral": Variant(
+    "sinkgd", two_groups=True, flags=("--update-scale", "spectral")
+  ),
+  "sinkgd_mup": Variant(
+    "sinkgd", two_groups=True, flags=("--update-scale", "mup")
+  ),
+  "swan_spectral": Variant(
+    "swan", two_groups=True, flags=("--update-scale", "spectral")
+  ),
+  "sinkgd_stateless": Variant("sinkgd_stateless", two_groups=True),
 }
 ADAMW_KINDS = ("adamw", "adamw2")
 DEFAULT_OPTIMIZERS = ("adamw", "adamw2", "sinkgd", "swan", "muon")
@@ -136,6 +148,33 @@ DEFAULT_GRIDS = {
   "muon": ((0.01, 0.02, 0.05), (3e-3, 1e-2, 3e-2)),
   "adafactor": ((3e-3, 1e-2, 3e-2), None),
   "sgd": ((0.1, 0.3, 1.0), None),
+  # Its embedding/head/norm steps have RMS 1 (sign, per-token, SR-Sinkhorn),
+  # larger than AdamW's once its moments average: a lower second lr.
+  "sinkgd_stateless": ((1e-2, 3e-2, 0.1), (3e-3, 1e-2, 3e-2)),
+}
+
+
+def recentred(lrs: tuple[float, ...], rule: str) -> tuple[float, ...]:
+  """`lrs` of an RMS-1 rule, divided by `rule`'s factor at the tiny model's
+  (d_model, d_model) = (128, 128) matrices (6 of its 7 per block; down_proj's
+  is smaller), so that the grid's centre takes the same step; 3 digits."""
+  factor = mo.update_scale_factor(rule, 128, 128)
+  return tuple(float(f"{x / factor:.3g}") for x in lrs)
+
+
+DEFAULT_GRIDS |= {
+  "sinkgd_spectral": (
+    recentred(DEFAULT_GRIDS["sinkgd"][0], "spectral"),
+    DEFAULT_GRIDS["sinkgd"][1],
+  ),
+  "sinkgd_mup": (
+    recentred(DEFAULT_GRIDS["sinkgd"][0], "mup"),
+    DEFAULT_GRIDS["sinkgd"][1],
+  ),
+  "swan_spectral": (
+    recentred(DEFAULT_GRIDS["swan"][0], "spectral"),
+    DEFAULT_GRIDS["swan"][1],
+  ),
 }
 # Run sizes per platform. The CPU one: 200 steps of the tiny model (0.2M tokens; both
 # corpora hold ~30M training tokens, so no run repeats data), small enough that the
@@ -549,8 +588,10 @@ def _pm(ms, fmt=".4f") -> str:
 def _point(variant: str, lr, adam_lr, alpha: float) -> str:
   v = VARIANTS[variant]
   text = f"lr {format_lr(lr)}"
-  if v.optimizer in ("sinkgd", "swan"):
-    text += f" (matrices {alpha * lr:.2g})"
+  if v.optimizer in ("sinkgd", "swan", "sinkgd_stateless"):
+    rule = dict(zip(v.flags, v.flags[1:])).get("--update-scale", "rms")
+    scale = "" if rule == "rms" else f" x {rule} s(m, n)"
+    text += f" (matrices {alpha * lr:.2g}{scale})"
   if adam_lr is not None:
     text += f", adam_lr {format_lr(adam_lr)}"
   return text

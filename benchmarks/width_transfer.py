@@ -7,7 +7,10 @@ heads and d_ff scaled with d_model), each optimizer swept over one lr grid, the
 same grid at every width. For sinkgd and swan the swept lr is train.py's --lr (the
 hidden matrices step alpha * lr, alpha 0.05): if their best lr is the same at every
 width, the paper's alpha = 0.05 transfers across width; if it moves, it must be
-retuned. Two-group AdamW sweeps its matrices' lr the same way. The AdamW group's lr
+retuned. sinkgd_spectral, sinkgd_mup and swan_spectral scale each matrix's
+step by a factor of its shape (train.py --update-scale,
+multinorm_optax.update_scale): a rule transfers if its best lr stays put.
+Two-group AdamW sweeps its matrices' lr the same way. The AdamW group's lr
 (embeddings, head, norms) stays fixed per optimizer (--adam-lr-NAME, default the
 value the convergence sweep chose on the tiny model); muon's stays at train.py's.
 
@@ -48,9 +51,23 @@ DEFAULT_LRS = {
   "sinkgd": (1e-2, 3e-2, 0.1),
   "swan": (1e-2, 3e-2, 0.1),
   "muon": (6e-3, 0.02, 0.06),
+  # Shape rules (multinorm_optax.update_scale): convergence.py's grids, which
+  # take sinkgd/swan's step at d_model 128.
+  **{
+    v: cv.DEFAULT_GRIDS[v][0]
+    for v in ("sinkgd_spectral", "sinkgd_mup", "swan_spectral")
+  },
 }
 # Fixed lr of the AdamW group (embeddings, head, norms); None: train.py's default.
-DEFAULT_ADAM_LRS = {"adamw2": 3e-2, "sinkgd": 3e-2, "swan": 3e-2, "muon": None}
+DEFAULT_ADAM_LRS = {
+  "adamw2": 3e-2,
+  "sinkgd": 3e-2,
+  "swan": 3e-2,
+  "muon": None,
+  "sinkgd_spectral": 3e-2,
+  "sinkgd_mup": 3e-2,
+  "swan_spectral": 3e-2,
+}
 SIZES = {
   "cpu": {
     "model": "tiny",
@@ -206,7 +223,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--optimizers",
     type=cv.name_list,
     default=list(DEFAULT_OPTIMIZERS),
-    help=f"from {', '.join(DEFAULT_LRS)} (default all)",
+    help=f"from {', '.join(DEFAULT_LRS)} (default "
+    f"{','.join(DEFAULT_OPTIMIZERS)})",
   )
   for name, lrs in DEFAULT_LRS.items():
     p.add_argument(

@@ -7,6 +7,8 @@ from multinorm_optax.alias import (
   default_param_labels,
   default_weight_decay_mask,
   sinkgd,
+  sinkgd_stateless,
+  stateless_param_labels,
   swan,
 )
 from multinorm_optax.layout import DimensionNumbers
@@ -25,10 +27,16 @@ from multinorm_optax.normalizers import (
   sign,
   whiten,
 )
+from multinorm_optax.update_scale import (
+  UPDATE_SCALES,
+  scale_by_shape,
+  update_scale_factor,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+  "UPDATE_SCALES",
   "DimensionNumbers",
   "alternate_normalizers",
   "col_l2",
@@ -39,10 +47,14 @@ __all__ = [
   "rms",
   "row_l2",
   "row_standardize",
+  "scale_by_shape",
   "scale_by_sinkgd",
   "scale_by_swan",
   "sign",
   "sinkgd",
+  "sinkgd_stateless",
+  "stateless_param_labels",
   "swan",
+  "update_scale_factor",
   "whiten",
 ]

@@ -9,6 +9,8 @@ import jax
 import optax
 
 from multinorm_optax import multinorm as mn
+from multinorm_optax import normalizers as norms
+from multinorm_optax import update_scale as us
 
 MATRIX = "multinorm"
 ADAM = "adam"
@@ -129,6 +131,20 @@ def _times(
   return alpha * learning_rate
 
 
+def with_update_scale(
+  normalize: optax.GradientTransformation,
+  rule: str,
+  dimension_numbers: mn.DimensionNumbersSpec,
+) -> optax.GradientTransformation:
+  """``normalize`` then :func:`scale_by_shape` of ``rule``; ``"rms"``: ``normalize`` itself."""
+  us.update_scale_factor(rule, 1, 1)  # refuse an unknown rule now
+  if rule == "rms":
+    return normalize
+  return optax.chain(
+    normalize, us.scale_by_shape(rule, dimension_numbers=dimension_numbers)
+  )
+
+
 def multinorm_recipe(
   scale_by_normalization: optax.GradientTransformation,
   learning_rate: optax.ScalarOrSchedule,
@@ -187,6 +203,7 @@ def sinkgd(
   param_labels: Any | Callable[[Any], Any] | None = None,
   dimension_numbers: mn.DimensionNumbersSpec = None,
   impl: str = "auto",
+  update_scale: str = "rms",
 ) -> optax.GradientTransformation:
   r"""SinkGD, the paper's recipe (Scetbon et al., 2025, Algorithm 3 + Section 5).
 
@@ -214,6 +231,10 @@ def sinkgd(
       or a callable ``params -> labels``; default :func:`default_param_labels`.
     dimension_numbers: fan_in/fan_out axes of the matrices, see :func:`multinorm`.
     impl: SR-Sinkhorn implementation, see :func:`scale_by_sinkgd`.
+    update_scale: ``"rms"`` (the paper's RMS-1 matrix updates), or a
+      shape-dependent rule applied after the normalization, ``"spectral"`` or
+      ``"mup"`` (:func:`scale_by_shape`; learning rates are not comparable
+      across rules).
 
   Returns:
     An ``optax.GradientTransformation``; its only state is AdamW's for the
@@ -241,8 +262,12 @@ def sinkgd(
     True
   """
   return multinorm_recipe(
-    mn.scale_by_sinkgd(
-      num_iters, dimension_numbers=dimension_numbers, impl=impl
+    with_update_scale(
+      mn.scale_by_sinkgd(
+        num_iters, dimension_numbers=dimension_numbers, impl=impl
+      ),
+      update_scale,
+      dimension_numbers,
     ),
     learning_rate,
     alpha=alpha,
@@ -273,13 +298,16 @@ def swan(
   weight_decay_mask: Any | Callable[[Any], Any] | None = None,
   param_labels: Any | Callable[[Any], Any] | None = None,
   dimension_numbers: mn.DimensionNumbersSpec = None,
+  update_scale: str = "rms",
 ) -> optax.GradientTransformation:
   r"""SWAN (Ma et al., 2024, arXiv 2412.13148) with the same recipe as :func:`sinkgd`.
 
   Hidden matrices: ``W <- W - alpha * eta * (swan(G) + lambda W)`` with
   :func:`scale_by_swan` (GradNorm, then GradWhitening by ``ns_steps``
   iterations of ``whiten_mode``, see :func:`whiten`; rescaled to RMS 1 when
-  ``rescale``); the rest AdamW.
+  ``rescale``); the rest AdamW. ``update_scale`` as in :func:`sinkgd`
+  (``"spectral"`` gives the whitened update the operator norm
+  ``alpha * eta * sqrt(fan_out / fan_in)`` exactly, when ``rescale``).
 
   Examples:
     >>> import jax
@@ -296,11 +324,15 @@ def swan(
     0.0005
   """
   return multinorm_recipe(
-    mn.scale_by_swan(
-      ns_steps=ns_steps,
-      rescale=rescale,
-      dimension_numbers=dimension_numbers,
-      whiten_mode=whiten_mode,
+    with_update_scale(
+      mn.scale_by_swan(
+        ns_steps=ns_steps,
+        rescale=rescale,
+        dimension_numbers=dimension_numbers,
+        whiten_mode=whiten_mode,
+      ),
+      update_scale,
+      dimension_numbers,
     ),
     learning_rate,
     alpha=alpha,
@@ -313,3 +345,194 @@ def swan(
     weight_decay_mask=weight_decay_mask,
     param_labels=param_labels,
   )
+
+
+# The groups of sinkgd_stateless: hidden matrices keep MATRIX.
+EMBEDDING = "embedding"
+HEAD = "head"
+VECTOR = "vector"
+# Path components that mark a norm scale or a bias whatever its shape (a norm
+# scale of stacked layers, --scan-layers, is (layers, d)).
+_VECTOR_SUBSTRINGS = ("norm", "bias")
+_VECTOR_NAMES = frozenset({"scale"})
+
+
+def stateless_param_labels(params) -> Any:
+  """Labels for :func:`sinkgd_stateless`: ``'multinorm'``, ``'embedding'``, ``'head'`` or ``'vector'``.
+
+  Hidden matrices are :func:`default_param_labels`' ``'multinorm'`` leaves.
+  Of its ``'adam'`` leaves: those with fewer than two axes, or with a path
+  component containing ``norm`` or ``bias`` or equal to ``scale``, are
+  ``'vector'``; then embedding tables (a component containing ``embed`` or
+  equal to ``wte`` or ``wpe``) are ``'embedding'``; the other matrices (the
+  LM head, ``output``, ``logits``, ``classifier``) are ``'head'``
+  (case-insensitive).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from multinorm_optax import stateless_param_labels
+    >>> params = {
+    ...     "embed": {"embedding": jnp.zeros((10, 4))},
+    ...     "mlp": {"kernel": jnp.zeros((4, 8))},
+    ...     "norm": {"scale": jnp.ones(4)},
+    ...     "lm_head": {"kernel": jnp.zeros((4, 10))},
+    ... }
+    >>> print(stateless_param_labels(params))
+    {'embed': {'embedding': 'embedding'}, 'lm_head': {'kernel': 'head'}, 'mlp': {'kernel': 'multinorm'}, 'norm': {'scale': 'vector'}}
+  """
+
+  def label(path, leaf, default) -> str:
+    if default == MATRIX:
+      return MATRIX
+    parts = [jax.tree_util.keystr((k,), simple=True).lower() for k in path]
+    if len(getattr(leaf, "shape", ())) < 2 or any(
+      p in _VECTOR_NAMES or any(s in p for s in _VECTOR_SUBSTRINGS)
+      for p in parts
+    ):
+      return VECTOR
+    if any(
+      p in _EMBEDDING_NAMES or any(s in p for s in _EMBEDDING_SUBSTRINGS)
+      for p in parts
+    ):
+      return EMBEDDING
+    return HEAD
+
+  return jax.tree_util.tree_map_with_path(
+    label, params, default_param_labels(params)
+  )
+
+
+def sinkgd_stateless(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  alpha: float = 0.05,
+  num_iters: int = 5,
+  rest_learning_rate: optax.ScalarOrSchedule | None = None,
+  weight_decay: float = 0.0,
+  rest_weight_decay: float | None = None,
+  weight_decay_mask: Any | Callable[[Any], Any] | None = None,
+  param_labels: Any | Callable[[Any], Any] | None = None,
+  dimension_numbers: mn.DimensionNumbersSpec = None,
+  impl: str = "auto",
+  update_scale: str = "rms",
+) -> optax.GradientTransformation:
+  r"""SinkGD with no optimizer state at all: every group takes a normalized step.
+
+  The paper's recipe keeps AdamW (two moments per entry) for embeddings, the
+  LM head and norm scales, which at a 32K vocabulary is most of the
+  optimizer's memory. Here each group gets a stateless normalization of its
+  instantaneous gradient (:func:`stateless_param_labels` assigns the groups):
+
+  - ``'multinorm'``, hidden matrices: :func:`sinkgd`'s step,
+    ``W <- W - alpha eta_t (s(m, n) G_L + lambda W)`` with SR-Sinkhorn
+    (``L = num_iters``) and ``s`` the ``update_scale`` rule.
+  - ``'embedding'``, a ``(vocab, d)`` table, Flax's ``(fan_in, fan_out)``
+    (the input is a one-hot token): each token's vector, a column in the
+    paper's ``(fan_out, fan_in)`` view, is scaled to l2 norm ``sqrt(d)``
+    (:func:`col_l2`: RMS 1 per token), ``E_v <- E_v - rho_t sqrt(d) G_v /
+    ||G_v||``. Tokens absent from the batch have a zero gradient row and
+    stay exactly unchanged, as they would under AdamW's first step; a
+    normalization over the whole table would instead let frequent tokens
+    set the scale of rare ones.
+  - ``'head'``, the LM head: SR-Sinkhorn, as the hidden matrices, at the
+    second learning rate. Column normalization alone (one scale per input
+    feature over the vocabulary) would keep each token's row at the size of
+    its softmax gradient, which shrinks with the token's probability, so
+    rare tokens would barely move; SR-Sinkhorn's row step gives every
+    token's row about the same size, as AdamW's per-entry normalization does.
+  - ``'vector'``, norm scales, biases, scalars: ``-rho_t sign(g)``
+    (``optax.scale_by_sign``). It is AdamW's step with ``b1 = b2 = 0``
+    (Adam without its moments), RMS 1 on the entries with non-zero
+    gradient; a whole-vector RMS normalization would let the one large entry
+    of a norm scale's gradient set the step of all others.
+
+  ``rho_t`` is ``rest_learning_rate`` (default ``learning_rate``): the
+  embedding, head and vector groups share it, so it is tuned like the AdamW
+  group's lr of :func:`sinkgd`. Weight decay (``weight_decay`` for the
+  hidden matrices, ``rest_weight_decay``, default ``weight_decay``, for the
+  rest, times each group's lr) acts where ``weight_decay_mask`` (default
+  :func:`default_weight_decay_mask`: not on vectors and embeddings) is True.
+
+  Args:
+    learning_rate: ``eta``, a float or an optax schedule.
+    alpha: scale of the hidden matrices' step relative to ``eta`` (0.05).
+    num_iters: ``L``, SR-Sinkhorn rounds (hidden matrices and the head).
+    rest_learning_rate: ``rho``, the embedding, head and vector groups' lr.
+    weight_decay: decoupled weight decay of the hidden matrices.
+    rest_weight_decay: decoupled weight decay of the other groups.
+    weight_decay_mask: see :func:`sinkgd`.
+    param_labels: a tree of ``'multinorm'``/``'embedding'``/``'head'``/
+      ``'vector'`` labels like the params, or a callable ``params ->
+      labels``; default :func:`stateless_param_labels`.
+    dimension_numbers: fan_in/fan_out axes of every matrix (hidden,
+      embedding, head), see :func:`multinorm`.
+    impl: SR-Sinkhorn implementation, see :func:`scale_by_sinkgd`.
+    update_scale: the hidden matrices' rule, see :func:`sinkgd`.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state holds no arrays but the
+    step count of each group whose learning rate is a schedule.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from multinorm_optax import sinkgd_stateless
+    >>> params = {
+    ...     "embed": {"embedding": jnp.zeros((10, 4))},
+    ...     "mlp": {"kernel": jnp.ones((4, 8))},
+    ...     "norm": {"scale": jnp.ones(4)},
+    ... }
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> grads["embed"]["embedding"] = grads["embed"]["embedding"].at[3:].set(0)
+    >>> opt = sinkgd_stateless(learning_rate=1e-2, rest_learning_rate=1e-3)
+    >>> state = opt.init(params)
+    >>> print(jax.tree.leaves(state))  # constant lrs: no state at all
+    []
+    >>> updates, state = opt.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> print(updates["norm"]["scale"])  # -rho * sign(g)
+    [-0.001 -0.001 -0.001 -0.001]
+    >>> # Tokens 0-2 had gradient: RMS rho each; the others did not move.
+    >>> e = updates["embed"]["embedding"]
+    >>> print(jnp.sqrt(jnp.mean(e**2, axis=1)).round(6))
+    [0.001 0.001 0.001 0.    0.    0.    0.    0.    0.    0.   ]
+    >>> print(round(float(jnp.sqrt(jnp.mean(updates["mlp"]["kernel"] ** 2))), 6))
+    0.0005
+  """
+  mask = _within_group(
+    default_weight_decay_mask
+    if weight_decay_mask is None
+    else weight_decay_mask
+  )
+  rest_lr = learning_rate if rest_learning_rate is None else rest_learning_rate
+  rest_wd = weight_decay if rest_weight_decay is None else rest_weight_decay
+
+  def step(normalize, wd, lr):
+    return optax.chain(
+      normalize,
+      optax.add_decayed_weights(wd, mask),
+      optax.scale_by_learning_rate(lr),
+    )
+
+  def sinkhorn():
+    return mn.scale_by_sinkgd(
+      num_iters, dimension_numbers=dimension_numbers, impl=impl
+    )
+
+  groups = {
+    MATRIX: step(
+      with_update_scale(sinkhorn(), update_scale, dimension_numbers),
+      weight_decay,
+      _times(alpha, learning_rate),
+    ),
+    EMBEDDING: step(
+      mn.multinorm([norms.col_l2], 1, dimension_numbers=dimension_numbers),
+      rest_wd,
+      rest_lr,
+    ),
+    HEAD: step(sinkhorn(), rest_wd, rest_lr),
+    VECTOR: step(optax.scale_by_sign(), rest_wd, rest_lr),
+  }
+  labels = stateless_param_labels if param_labels is None else param_labels
+  return optax.partition(groups, labels)

@@ -280,7 +280,7 @@ class Checkpoints:
         why = f": {DATA_WHY}" if key == "data" else ""
         raise ValueError(
           f"{directory} holds a run with a different {key} "
-          f"({_short(was)}, not {_short(now)})"
+          f"({_short(was, now)}, not {_short(now, was)})"
           f"{why}; use another --ckpt-dir"
         )
     old, new = saved.get("args", {}), self.run_record.get("args", {})
@@ -553,9 +553,21 @@ def _one_line(error: Exception) -> str:
   return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _short(value) -> str:
+def _short(value, other=None) -> str:
+  """`value` in a few words: a record's name, with the entries where it
+  differs from `other` when the names are the same."""
   if isinstance(value, dict) and "name" in value:
-    return str(value["name"])
+    if not isinstance(other, dict) or other.get("name") != value["name"]:
+      return str(value["name"])
+    keys = sorted(set(value) | set(other))
+    return ", ".join(
+      [str(value["name"])]
+      + [
+        f"{k} {value.get(k, 'unset')}"
+        for k in keys
+        if value.get(k) != other.get(k)
+      ]
+    )
   if isinstance(value, dict):
     text = ", ".join(f"{k} {v}" for k, v in value.items())
   else:

@@ -13,7 +13,15 @@ from __future__ import annotations
 import dataclasses
 import os
 
-OPTIMIZERS = ("sinkgd", "swan", "adamw", "adafactor", "muon", "sgd")
+OPTIMIZERS = (
+  "sinkgd",
+  "swan",
+  "adamw",
+  "adafactor",
+  "muon",
+  "sgd",
+  "sinkgd_stateless",
+)
 # Peak learning rates that train the tiny model well in the default run. For
 # sinkgd and swan this is also the AdamW rate of embeddings/head/norms; their
 # hidden matrices step alpha * lr along the normalized gradient.
@@ -24,6 +32,7 @@ DEFAULT_LR = {
   "adafactor": 0.01,
   "muon": 0.02,
   "sgd": 0.3,
+  "sinkgd_stateless": 0.03,
 }
 
 
@@ -44,6 +53,7 @@ class TrainConfig:
   num_iters: int = 5
   sinkgd_impl: str = "auto"
   swan_whiten: str | None = None  # None: multinorm_optax.swan's default mode
+  update_scale: str = "rms"
   ns_steps: int | None = None  # None: the whitening mode's default
   weight_decay: float = 0.0
   decay_embeddings: bool = False

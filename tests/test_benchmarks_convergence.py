@@ -6,6 +6,7 @@ import math
 import os
 import sysconfig
 
+import numpy as np
 import pytest
 
 from benchmarks import convergence as cv
@@ -187,3 +188,24 @@ def test_unknown_optimizer_or_orphan_ablation_is_a_usage_error():
     cv.parse_args(["--optimizers", "adamw,lion"])
   with pytest.raises(SystemExit):
     cv.parse_args(["--optimizers", "adamw", "--ablations", "sinkgd_l1"])
+
+
+def test_grids_of_the_shape_rules_take_sinkgd_s_step_at_the_tiny_model():
+  """Their centre, times the rule's factor at the tiny model's square
+  (d_model, d_model) matrices, is sinkgd's centre (to the 3 digits kept)."""
+  config = cv.train.model_config(
+    cv.train.parse_args([]), cv.load_tokenizer(None)
+  )
+  d = config.d_model
+  for variant, base in (
+    ("sinkgd_spectral", "sinkgd"),
+    ("sinkgd_mup", "sinkgd"),
+    ("swan_spectral", "swan"),
+  ):
+    rule = cv.VARIANTS[variant].flags[1]
+    lrs, adam_lrs = cv.DEFAULT_GRIDS[variant]
+    factor = cv.mo.update_scale_factor(rule, d, d)
+    np.testing.assert_allclose(
+      np.array(lrs) * factor, cv.DEFAULT_GRIDS[base][0], rtol=5e-3
+    )
+    assert adam_lrs == cv.DEFAULT_GRIDS[base][1]

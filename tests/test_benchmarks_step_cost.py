@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import step_cost
 
-OPTIMIZERS = ("sgd", "adamw", "swan", "sinkgd_l5")
+OPTIMIZERS = ("sgd", "adamw", "swan", "sinkgd_l5", "sinkgd_stateless")
 GRAD_DTYPES = ("float32", "bfloat16")
 
 
@@ -84,6 +84,8 @@ def test_tiny_run_writes_finite_times_and_expected_state_bytes(out_dir):
     ] >= 2 * _matrix_param_bytes(shapes)
     # train.py's sgd keeps only its schedule's int32 step count.
     assert steps["sgd", dtype]["state_bytes"] == 4
+    # sinkgd_stateless: one int32 step count per group (4), nothing else.
+    assert steps["sinkgd_stateless", dtype]["state_bytes"] == 16
     for stateless in ("swan", "sinkgd_l5"):
       assert steps[stateless, dtype]["state_bytes_matrices"] == 0
       # AdamW state for embeddings, head and norms only.

@@ -25,6 +25,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+import multinorm_optax as mo
 import train
 from models import llama
 from models.llama import abstract_params, unsplit_dims
@@ -362,7 +363,9 @@ def test_batch_that_grad_accum_does_not_split_is_one_line_error(
   assert "--batch-size 8 does not split into --grad-accum 3" in err
 
 
-@pytest.mark.parametrize("name", ["sinkgd", "swan", "muon", "adamw"])
+@pytest.mark.parametrize(
+  "name", ["sinkgd", "swan", "muon", "adamw", "sinkgd_stateless"]
+)
 def test_update_of_stacked_layers_is_the_per_layer_update(name):
   """With --scan-layers a kernel is (layers, fan_in, fan_out): the optimizer
   treats the layer axis as a batch axis, so its update is the stack of the
@@ -404,6 +407,40 @@ def test_update_of_stacked_layers_is_the_per_layer_update(name):
   stacked = jax.jit(two_updates)(stack(params), stack(grads))
   assert stacked["layers"]["mlp"]["up_proj"]["kernel"].shape == (n, 128, 352)
   assert_trees_close(stacked, stack(per_layer), 1e-5)
+
+
+@pytest.mark.parametrize("name", ["sinkgd", "swan", "sinkgd_stateless"])
+def test_update_scale_flag_scales_the_hidden_matrices_by_their_shape(name):
+  params = llama.abstract_params(llama.get_config("tiny", n_layers=1))
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(0), len(leaves))
+  grads = treedef.unflatten(
+    [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+  )
+
+  def second_update(rule):  # the first has lr 0 (warmup)
+    args = train.parse_args(
+      ["--optimizer", name, "--update-scale", rule, "--steps", "10"]
+    )
+    tx, _ = train.make_optimizer(args)
+    state = tx.init(grads)
+    for _ in range(2):
+      updates, state = tx.update(grads, state, grads)
+    return updates
+
+  rms, spectral = second_update("rms"), second_update("spectral")
+  labels = jax.tree.leaves(mo.default_param_labels(params))
+  for path, u, u_rms, label in zip(
+    jax.tree_util.tree_leaves_with_path(spectral),
+    jax.tree.leaves(spectral),
+    jax.tree.leaves(rms),
+    labels,
+  ):
+    if label == "multinorm":  # Flax (fan_in, fan_out)
+      factor = mo.update_scale_factor("spectral", u.shape[1], u.shape[0])
+      np.testing.assert_allclose(u, factor * u_rms, rtol=1e-5, atol=1e-12)
+    else:
+      np.testing.assert_array_equal(u, u_rms, err_msg=str(path[0]))
 
 
 def test_scanned_run_trains_and_its_checkpoint_is_refused_unrolled(
@@ -520,6 +557,27 @@ def test_training_reduces_validation_loss(fsdp8):
 
 
 # ------------------------------------------------------------------ checkpoints
+
+
+def test_stateless_recipe_trains_resumes_bitwise_and_refuses_another_rule(
+  tmp_path, capsys
+):
+  flags = ("--optimizer", "sinkgd_stateless", "--devices", "1")
+  saved = tmp_path / "saved"
+  whole = run(saved, *flags, "--ckpt-every", "3", "--keep", "0")
+  assert losses(whole)[-1] < losses(whole)[0] - 1.0
+  resumed = resume_from_step3(saved, tmp_path / "run", *flags)
+  assert resumed["start_step"] == 3
+  np.testing.assert_array_equal(losses(resumed), losses(whole)[3:])
+  # Another update-scale rule is another optimizer state: refused, one line.
+  code = train.main(
+    SMALL
+    + ["--run-dir", str(saved), "--resume", "--steps", "8", *flags]
+    + ["--update-scale", "spectral"]
+  )
+  err = capsys.readouterr().err
+  assert code == 1 and err.count("\n") == 1, err
+  assert "different optimizer" in err and "spectral" in err, err
 
 
 def test_resume_after_interruption_is_bitwise_identical(fsdp8, tmp_path):
