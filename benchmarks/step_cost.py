@@ -17,8 +17,8 @@ our recipe, the rest its AdamW), swan (its default whitening) and swan_fast,
 swan_exact, swan_newton_schulz (each ``whiten`` mode; swan_fast3 the 3-step
 fast schedule), sinkgd_l1 and sinkgd_l5 (the default
 fused SR-Sinkhorn), sinkgd_l5_reference (``impl="reference"``, each
-normalization materialized) and sinkgd_stateless (``sinkgd_stateless``: no
-AdamW state at all). Each is ``train.make_optimizer`` of a
+normalization materialized), sinkgd_l5_spectral (``update_scale="spectral"``)
+and sinkgd_stateless (``sinkgd_stateless``: no AdamW state at all). Each is ``train.make_optimizer`` of a
 ``TrainConfig`` (``CASES`` names the fields that differ): the very optimizer
 ``train.py`` runs, at its default peak learning rate and schedule.
 
@@ -115,6 +115,9 @@ CASES: dict[str, dict[str, Any]] = {
   "sinkgd_l5": dict(optimizer="sinkgd", num_iters=5),
   "sinkgd_l5_reference": dict(
     optimizer="sinkgd", num_iters=5, sinkgd_impl="reference"
+  ),
+  "sinkgd_l5_spectral": dict(
+    optimizer="sinkgd", num_iters=5, update_scale="spectral"
   ),
   # No AdamW: per-token embedding, SR-Sinkhorn head, sign for norm scales.
   "sinkgd_stateless": dict(optimizer="sinkgd_stateless", num_iters=5),
