@@ -77,3 +77,18 @@ def test_tiny_width_sweep_runs_every_width_and_lr(tmp_path):
   assert (tmp_path / "width_transfer.png").stat().st_size > 0
   saved = json.loads((tmp_path / "width_transfer.json").read_text())
   assert saved["settings"]["widths"] == [32, 64]
+
+
+def test_rule_variants_are_swept_with_their_update_scale_flag():
+  args = wt.parse_args(
+    ["--optimizers", "sinkgd_spectral,sinkgd_mup,swan_spectral"]
+  )
+  args.alpha, args.grad_clip, args.tokenizer = 0.05, 1.0, None
+  args.model, args.steps, args.batch_size, args.seq_len = "tiny", 5, 8, 32
+  args.eval_every, args.eval_batches = 0, 1
+  for variant in args.optimizers:
+    assert getattr(args, f"adam_lr_{variant}") == 3e-2
+    argv = wt.cv.train_argv(args, variant, 0.3, 3e-2, 0, DATA, "RUN")
+    config = wt.cv.train.parse_args(argv)
+    assert config.update_scale == variant.split("_")[1]
+    assert config.optimizer == variant.split("_")[0]
