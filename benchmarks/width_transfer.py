@@ -254,6 +254,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument(
     "--in-process", action="store_true", help="as convergence.py's"
   )
+  p.add_argument(
+    "--cached-only",
+    action="store_true",
+    help="as convergence.py's: train nothing, tabulate the stored runs "
+    "(missing ones are listed and shown as —)",
+  )
   args = p.parse_args(argv)
   bad = sorted(set(args.optimizers) - set(DEFAULT_LRS))
   if bad or not args.optimizers or not args.widths:
@@ -273,7 +279,6 @@ def main(argv=None) -> dict:
       setattr(args, key, default)
   # What convergence.train_argv reads from its namespace.
   args.alpha, args.grad_clip, args.tokenizer = 0.05, 1.0, None
-  args.cached_only = False
   out = (
     args.out
     or REPO / "benchmarks" / "results" / f"width_transfer_{info['platform']}"
@@ -316,9 +321,12 @@ def main(argv=None) -> dict:
             args.corpus,
             ("--d-model", str(width)),
           )
+          if r is None:  # --cached-only and not stored
+            continue
           result["runs"].append({**r, "width": width})
           (out / "width_transfer.json").write_text(json.dumps(result))
   result["metadata"]["runs_trained"] = run.count
+  result["metadata"]["runs_missing"] = run.missing
   (out / "width_transfer.json").write_text(json.dumps(result))
   table = markdown(result)
   (out / "width_transfer.md").write_text(table)
