@@ -149,6 +149,38 @@ def parse_args(argv=None) -> TrainConfig:
     "(multinorm_optax.update_scale; lrs differ between rules) (%(default)s)",
   )
   g.add_argument(
+    "--warm-start",
+    action="store_true",
+    help="sinkgd: start each step's SR-Sinkhorn from the previous step's "
+    "column scaling (n floats of state per matrix)",
+  )
+  g.add_argument(
+    "--overflow-guard",
+    default="max_abs",
+    choices=mo.sinkhorn.OVERFLOW_GUARDS,
+    help="sinkgd: max_abs reads max|G| every step; on_demand only when a sum "
+    "of squares over- or underflows (%(default)s)",
+  )
+  g.add_argument(
+    "--momentum",
+    type=float,
+    default=None,
+    help="sinkgd/swan: momentum beta of the hidden matrices, one buffer per "
+    "matrix (default: none, stateless)",
+  )
+  g.add_argument(
+    "--nesterov",
+    action="store_true",
+    help="sinkgd/swan: Nesterov form of --momentum",
+  )
+  g.add_argument(
+    "--momentum-order",
+    default="normalize_then_average",
+    choices=mo.alias.MOMENTUM_ORDERS,
+    help="sinkgd/swan: average normalized gradients, or normalize the "
+    "average of raw gradients (%(default)s)",
+  )
+  g.add_argument(
     "--swan-whiten",
     default=None,
     choices=mo.normalizers.WHITEN_MODES,
@@ -369,6 +401,8 @@ def parse_args(argv=None) -> TrainConfig:
   for name in ("ckpt_every", "eval_every", "eval_batches", "keep", "grad_clip"):
     if getattr(args, name) < 0:
       p.error(f"--{name.replace('_', '-')} must not be negative")
+  if args.momentum is not None and not 0 <= args.momentum < 1:
+    p.error(f"--momentum must be in [0, 1), got {args.momentum:g}")
   for name in ("devices", "cpu_devices"):
     if getattr(args, name) is not None and getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -465,6 +499,11 @@ def build_optimizer(
       num_iters=args.num_iters,
       impl=args.sinkgd_impl,
       update_scale=args.update_scale,
+      warm_start=args.warm_start,
+      overflow_guard=args.overflow_guard,
+      momentum=args.momentum,
+      nesterov=args.nesterov,
+      momentum_order=args.momentum_order,
       weight_decay=wd,
       weight_decay_mask=decay_mask,
       adam_learning_rate=adam_schedule,
@@ -477,6 +516,9 @@ def build_optimizer(
       ns_steps=args.ns_steps,
       **mode,
       update_scale=args.update_scale,
+      momentum=args.momentum,
+      nesterov=args.nesterov,
+      momentum_order=args.momentum_order,
       weight_decay=wd,
       weight_decay_mask=decay_mask,
       adam_learning_rate=adam_schedule,
@@ -736,6 +778,18 @@ def model_config(args, tokenizer=None):
   return config
 
 
+def optimizer_state_kind(args) -> dict:
+  """The flags that change what the optimizer state holds (empty for the
+  defaults, so older records still match): a checkpoint restores only into
+  the same kind of state."""
+  kind = {}
+  if args.optimizer == "sinkgd" and args.warm_start:
+    kind["warm_start"] = True
+  if args.optimizer in ("sinkgd", "swan") and args.momentum is not None:
+    kind["momentum_order"] = args.momentum_order
+  return kind
+
+
 def run_record(args, config, tokenizer) -> dict:
   """What a checkpoint records about its run. Resuming needs the same model (how
   it computes aside), parameter layout, tokenizer, optimizer, batch size and
@@ -750,9 +804,10 @@ def run_record(args, config, tokenizer) -> dict:
     "model": {"name": args.model, **model},
     "layout": LAYOUTS[config.scan_layers],
     "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
-    # A rule other than the paper's changes the optimizer state's tree, so a
-    # resume across rules is refused; "rms" adds nothing, as in older records.
-    "optimizer": {"name": args.optimizer}
+    # A rule other than the paper's, a warm start or a momentum buffer changes
+    # the optimizer state's tree, so a resume across them is refused; the
+    # defaults add nothing, as in older records.
+    "optimizer": {"name": args.optimizer, **optimizer_state_kind(args)}
     | (
       {} if args.update_scale == "rms" else {"update_scale": args.update_scale}
     ),

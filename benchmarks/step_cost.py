@@ -181,7 +181,9 @@ def state_bytes(tx, params) -> tuple[int, int]:
     lambda p, label: p if label == "multinorm" else None, params, labels
   )
   state = jax.eval_shape(tx.init, params)
-  of_matrix = meshlib.map_like_params(lambda _: True, state, matrices, False)
+  of_matrix = meshlib.map_like_params(
+    lambda *_: True, state, matrices, False, reduced=True
+  )
   matrix_leaves = [
     leaf
     for leaf, mine in zip(jax.tree.leaves(state), jax.tree.leaves(of_matrix))

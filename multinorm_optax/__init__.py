@@ -13,6 +13,7 @@ from multinorm_optax.alias import (
 )
 from multinorm_optax.layout import DimensionNumbers
 from multinorm_optax.multinorm import (
+  ScaleBySinkGDState,
   alternate_normalizers,
   fixed_point_residual,
   multinorm,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
   "UPDATE_SCALES",
   "DimensionNumbers",
+  "ScaleBySinkGDState",
   "alternate_normalizers",
   "col_l2",
   "default_param_labels",

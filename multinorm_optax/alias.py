@@ -145,6 +145,9 @@ def with_update_scale(
   )
 
 
+MOMENTUM_ORDERS = ("normalize_then_average", "average_then_normalize")
+
+
 def multinorm_recipe(
   scale_by_normalization: optax.GradientTransformation,
   learning_rate: optax.ScalarOrSchedule,
@@ -158,19 +161,48 @@ def multinorm_recipe(
   adam_weight_decay: float | None,
   weight_decay_mask: Any | Callable[[Any], Any] | None,
   param_labels: Any | Callable[[Any], Any] | None,
+  momentum: float | None = None,
+  nesterov: bool = False,
+  momentum_order: str = "normalize_then_average",
 ) -> optax.GradientTransformation:
-  """Partitions the tree: matrices get ``-alpha*lr * (normalized g + wd * p)``, the rest AdamW.
+  r"""Partitions the tree: matrices get ``-alpha*lr * (normalized g + wd * p)``, the rest AdamW.
 
   Weight decay acts only where ``weight_decay_mask`` (default
   :func:`default_weight_decay_mask`) is True, in both groups.
+
+  With ``momentum = beta`` the matrices keep one buffer each (their shape,
+  ``optax.trace``; ``N`` is the normalization):
+
+  - ``"normalize_then_average"``: ``m_t = beta m_{t-1} + N(g_t)``, step along
+    ``(1 - beta) m_t`` (with ``nesterov``, ``(1 - beta)(N(g_t) + beta m_t)``):
+    the factor ``1 - beta`` keeps a steady normalized direction at the step
+    it has without momentum, so learning rates stay comparable;
+  - ``"average_then_normalize"``: ``m_t = beta m_{t-1} + g_t`` (with
+    ``nesterov``, ``g_t + beta m_t``), step along ``N(m_t)``.
+
+  ``None`` keeps no buffer (the paper's stateless recipe).
   """
   mask = _within_group(
     default_weight_decay_mask
     if weight_decay_mask is None
     else weight_decay_mask
   )
+  if momentum_order not in MOMENTUM_ORDERS:
+    raise ValueError(
+      f"unknown momentum_order {momentum_order!r}; choose one of "
+      f"{MOMENTUM_ORDERS}"
+    )
+  if isinstance(momentum, (int, float)) and not 0 <= momentum < 1:
+    raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+  direction = [scale_by_normalization]
+  if momentum is not None:
+    trace = optax.trace(decay=momentum, nesterov=nesterov)
+    if momentum_order == "average_then_normalize":
+      direction = [trace, scale_by_normalization]
+    else:
+      direction += [trace, optax.scale(1.0 - momentum)]
   matrices = optax.chain(
-    scale_by_normalization,
+    *direction,
     optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(_times(alpha, learning_rate)),
   )
@@ -204,6 +236,11 @@ def sinkgd(
   dimension_numbers: mn.DimensionNumbersSpec = None,
   impl: str = "auto",
   update_scale: str = "rms",
+  warm_start: bool = False,
+  overflow_guard: str = "max_abs",
+  momentum: float | None = None,
+  nesterov: bool = False,
+  momentum_order: str = "normalize_then_average",
 ) -> optax.GradientTransformation:
   r"""SinkGD, the paper's recipe (Scetbon et al., 2025, Algorithm 3 + Section 5).
 
@@ -235,10 +272,18 @@ def sinkgd(
       shape-dependent rule applied after the normalization, ``"spectral"`` or
       ``"mup"`` (:func:`scale_by_shape`; learning rates are not comparable
       across rules).
+    warm_start: keep each matrix's column scaling between steps (``n`` floats
+      per ``(m, n)`` matrix), see :func:`scale_by_sinkgd`.
+    overflow_guard: ``"max_abs"`` or ``"on_demand"``, see
+      :func:`scale_by_sinkgd`.
+    momentum: ``beta`` of a momentum buffer per matrix (None: none), in
+      ``momentum_order`` ``"normalize_then_average"`` or
+      ``"average_then_normalize"``, with ``nesterov``; see
+      :func:`multinorm_recipe`.
 
   Returns:
-    An ``optax.GradientTransformation``; its only state is AdamW's for the
-    ``'adam'`` leaves and step counts.
+    An ``optax.GradientTransformation``; with the defaults its only state is
+    AdamW's for the ``'adam'`` leaves and step counts.
 
   Examples:
     >>> import jax
@@ -264,7 +309,11 @@ def sinkgd(
   return multinorm_recipe(
     with_update_scale(
       mn.scale_by_sinkgd(
-        num_iters, dimension_numbers=dimension_numbers, impl=impl
+        num_iters,
+        dimension_numbers=dimension_numbers,
+        impl=impl,
+        warm_start=warm_start,
+        overflow_guard=overflow_guard,
       ),
       update_scale,
       dimension_numbers,
@@ -279,6 +328,9 @@ def sinkgd(
     adam_weight_decay=adam_weight_decay,
     weight_decay_mask=weight_decay_mask,
     param_labels=param_labels,
+    momentum=momentum,
+    nesterov=nesterov,
+    momentum_order=momentum_order,
   )
 
 
@@ -299,6 +351,9 @@ def swan(
   param_labels: Any | Callable[[Any], Any] | None = None,
   dimension_numbers: mn.DimensionNumbersSpec = None,
   update_scale: str = "rms",
+  momentum: float | None = None,
+  nesterov: bool = False,
+  momentum_order: str = "normalize_then_average",
 ) -> optax.GradientTransformation:
   r"""SWAN (Ma et al., 2024, arXiv 2412.13148) with the same recipe as :func:`sinkgd`.
 
@@ -308,6 +363,8 @@ def swan(
   ``rescale``); the rest AdamW. ``update_scale`` as in :func:`sinkgd`
   (``"spectral"`` gives the whitened update the operator norm
   ``alpha * eta * sqrt(fan_out / fan_in)`` exactly, when ``rescale``).
+  ``momentum``, ``nesterov``, ``momentum_order``: an optional buffer per
+  matrix, see :func:`multinorm_recipe`.
 
   Examples:
     >>> import jax
@@ -344,6 +401,9 @@ def swan(
     adam_weight_decay=adam_weight_decay,
     weight_decay_mask=weight_decay_mask,
     param_labels=param_labels,
+    momentum=momentum,
+    nesterov=nesterov,
+    momentum_order=momentum_order,
   )
 
 

@@ -52,6 +52,11 @@ class TrainConfig:
   alpha: float = 0.05
   num_iters: int = 5
   sinkgd_impl: str = "auto"
+  warm_start: bool = False
+  overflow_guard: str = "max_abs"
+  momentum: float | None = None  # None: no momentum buffer (sinkgd, swan)
+  nesterov: bool = False
+  momentum_order: str = "normalize_then_average"
   swan_whiten: str | None = None  # None: multinorm_optax.swan's default mode
   update_scale: str = "rms"
   ns_steps: int | None = None  # None: the whitening mode's default

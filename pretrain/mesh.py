@@ -125,13 +125,18 @@ def global_batch(
   )
 
 
-def map_like_params(fn, tree, params, default):
+def map_like_params(fn, tree, params, default, *, reduced: bool = False):
   """``fn(param)`` for each leaf of ``tree`` that copies a parameter, else ``default``.
 
   A leaf copies a parameter when its tree path ends with that parameter's path
   and it has that parameter's shape, as Adam's moments and momenta do (their
   paths are the parameters' paths under a prefix such as ``0/mu``); step
   counts and factored statistics do not. The longest matching path wins.
+
+  With ``reduced``, a leaf whose shape is its parameter's with some axes
+  reduced to 1 (a per-row or per-column statistic kept as optimizer state,
+  such as SinkGD's warm-start column scaling) matches too, and ``fn`` is
+  called as ``fn(param, leaf)``.
   """
 
   def key(k):
@@ -143,12 +148,21 @@ def map_like_params(fn, tree, params, default):
   }
   lengths = sorted({len(p) for p in by_path}, reverse=True)
 
+  def fits(shape, param_shape) -> bool:
+    if shape == param_shape:
+      return True
+    return (
+      reduced
+      and len(shape) == len(param_shape)
+      and all(d in (1, p) for d, p in zip(shape, param_shape))
+    )
+
   def one(path, leaf):
     path = tuple(map(key, path))
     for n in lengths:
       param = by_path.get(path[-n:]) if len(path) >= n else None
-      if param is not None and param.shape == leaf.shape:
-        return fn(param)
+      if param is not None and fits(tuple(leaf.shape), tuple(param.shape)):
+        return fn(param, leaf) if reduced else fn(param)
     return default
 
   return jax.tree_util.tree_map_with_path(one, tree)
@@ -158,7 +172,27 @@ def shardings_like_params(tree, params, default: NamedSharding):
   """Shardings for a tree that holds copies of the params (e.g. optimizer state).
 
   A leaf that copies a parameter (see :func:`map_like_params`) is sharded like
-  that parameter, so optimizer state is split exactly as the model is. Every
-  other leaf (step counts, factored statistics) gets `default`.
+  that parameter, so optimizer state is split exactly as the model is; a leaf
+  with some of the parameter's axes reduced to 1 is split like it along the
+  other axes. Every other leaf (step counts, factored statistics) gets
+  `default`.
   """
-  return map_like_params(lambda param: param.sharding, tree, params, default)
+
+  def like(param, leaf):
+    sharding = param.sharding
+    if tuple(leaf.shape) == tuple(param.shape):
+      return sharding
+    spec = tuple(sharding.spec) + (None,) * (
+      len(param.shape) - len(sharding.spec)
+    )
+    return NamedSharding(
+      sharding.mesh,
+      P(
+        *(
+          s if d == p else None
+          for s, d, p in zip(spec, leaf.shape, param.shape)
+        )
+      ),
+    )
+
+  return map_like_params(like, tree, params, default, reduced=True)

@@ -1016,3 +1016,98 @@ def test_resume_with_other_data_windows_is_refused(flag, value, fsdp8, capsys):
   assert code == 1 and err.count("\n") == 1, err
   assert flag in err and "repeat or skip" in err
   assert snapshot(ckpt) == before
+
+
+# ------------------------------------------------------------------ sinkgd options
+
+# Warm-started SR-Sinkhorn at one round, the on-demand overflow guard and a
+# momentum buffer: every kind of state the sinkgd options add.
+SINKGD_OPTIONS = [
+  "--num-iters",
+  "1",
+  "--warm-start",
+  "--overflow-guard",
+  "on_demand",
+  "--momentum",
+  "0.9",
+  "--nesterov",
+]
+
+
+@pytest.fixture(scope="module")
+def sinkgd_options_sharded(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("sinkgd_options")
+  flags = ["--mesh", "fsdp=4,tensor=2", "--ckpt-every", "3", "--keep", "0"]
+  return run(tmp, *flags, *SINKGD_OPTIONS), tmp
+
+
+def test_sinkgd_options_train_on_a_mesh_and_resume_bitwise(
+  sinkgd_options_sharded, tmp_path
+):
+  summary, saved = sinkgd_options_sharded
+  assert losses(summary)[-1] < losses(summary)[0] - 1.0
+  resumed = resume_from_step3(
+    saved, tmp_path / "run", "--mesh", "fsdp=4,tensor=2", *SINKGD_OPTIONS
+  )
+  assert resumed["start_step"] == 3
+  np.testing.assert_array_equal(losses(resumed), losses(summary)[3:])
+
+
+def test_resume_without_the_flags_that_shape_the_state_is_refused(
+  sinkgd_options_sharded, capsys
+):
+  ckpt = sinkgd_options_sharded[1] / "ckpt"
+  before = snapshot(ckpt)
+  code = train.main(
+    SMALL
+    + ["--ckpt-dir", str(ckpt), "--metrics", "none", "--resume"]
+    + ["--mesh", "fsdp=4,tensor=2", "--momentum", "0.9"]
+  )
+  err = capsys.readouterr().err
+  assert code == 1 and err.count("\n") == 1, err
+  assert "holds a run with a different optimizer" in err
+  assert "(sinkgd, warm_start True, not sinkgd, warm_start unset)" in err
+  assert snapshot(ckpt) == before
+
+
+def test_sinkgd_warm_state_is_sharded_like_its_parameter_on_fan_in(
+  sharded_tiny,
+):
+  params, mesh = sharded_tiny
+  config = train.parse_args(["--warm-start", "--momentum", "0.9"])
+  tx, _ = train.make_optimizer(config)
+  shardings = train.state_shardings(params, tx, mesh)["opt_state"]
+  state = jax.eval_shape(tx.init, params)
+  kernel = ("layers", 0, "mlp", "up_proj", "kernel")
+  spec = _leaf(params, kernel).sharding.spec
+  found = {}
+  for (path, leaf), sharding in zip(
+    jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(shardings)
+  ):
+    keys = tuple(
+      getattr(k, "key", getattr(k, "idx", getattr(k, "name", None)))
+      for k in path
+    )
+    if keys[-len(kernel) :] == kernel:
+      found[leaf.shape] = sharding.spec
+  # The momentum buffer like the kernel, the column scaling (fan_in, 1) like
+  # the kernel's fan_in axis.
+  fan_in, fan_out = _leaf(params, kernel).shape
+  assert found == {
+    (fan_in, fan_out): spec,
+    (fan_in, 1): P(spec[0], None),
+  }, found
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--momentum", "1.0"], "--momentum must be in [0, 1)"),
+    (["--overflow-guard", "fast"], "argument --overflow-guard"),
+    (["--momentum-order", "x"], "argument --momentum-order"),
+  ],
+)
+def test_bad_sinkgd_option_is_one_line_error(flags, message, capsys):
+  assert train.main(SMALL + flags) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and message in err, err
