@@ -107,6 +107,25 @@ VARIANTS = {
   "sinkgd_reference": Variant(
     "sinkgd", flags=("--sinkgd-impl", "reference"), base="sinkgd"
   ),
+  # The cheaper-step options of SR-Sinkhorn, at sinkgd's tuned point.
+  "sinkgd_warm_l1": Variant(
+    "sinkgd", flags=("--num-iters", "1", "--warm-start"), base="sinkgd"
+  ),
+  "sinkgd_guard": Variant(
+    "sinkgd", flags=("--overflow-guard", "on_demand"), base="sinkgd"
+  ),
+  # Momentum changes the effective step: tuned like sinkgd.
+  "sinkgd_mom": Variant("sinkgd", two_groups=True, flags=("--momentum", "0.9")),
+  "sinkgd_mom_post": Variant(
+    "sinkgd",
+    two_groups=True,
+    flags=(
+      "--momentum",
+      "0.9",
+      "--momentum-order",
+      "average_then_normalize",
+    ),
+  ),
   # SWAN's whitening (default: the 4-step fast schedule): 3 steps, and the
   # other two modes (exact; newton_schulz, the default before the modes).
   "swan_ns3": Variant("swan", flags=("--ns-steps", "3"), base="swan"),
@@ -145,6 +164,8 @@ DEFAULT_GRIDS = {
   "adamw2": ((3e-4, 1e-3, 3e-3), (1e-2, 3e-2, 0.1)),
   "sinkgd": ((1e-2, 3e-2, 0.1), (1e-2, 3e-2, 0.1)),
   "swan": ((1e-2, 3e-2, 0.1), (1e-2, 3e-2, 0.1)),
+  "sinkgd_mom": ((1e-2, 3e-2, 0.1), (1e-2, 3e-2, 0.1)),
+  "sinkgd_mom_post": ((1e-2, 3e-2, 0.1), (1e-2, 3e-2, 0.1)),
   "muon": ((0.01, 0.02, 0.05), (3e-3, 1e-2, 3e-2)),
   "adafactor": ((3e-3, 1e-2, 3e-2), None),
   "sgd": ((0.1, 0.3, 1.0), None),

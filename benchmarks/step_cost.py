@@ -17,8 +17,10 @@ our recipe, the rest its AdamW), swan (its default whitening) and swan_fast,
 swan_exact, swan_newton_schulz (each ``whiten`` mode; swan_fast3 the 3-step
 fast schedule), sinkgd_l1 and sinkgd_l5 (the default
 fused SR-Sinkhorn), sinkgd_l5_reference (``impl="reference"``, each
-normalization materialized), sinkgd_l5_spectral (``update_scale="spectral"``)
-and sinkgd_stateless (``sinkgd_stateless``: no AdamW state at all). Each is ``train.make_optimizer`` of a
+normalization materialized), sinkgd_l5_spectral (``update_scale="spectral"``),
+sinkgd_stateless (``sinkgd_stateless``: no AdamW state at all), sinkgd_warm_l1
+(``--warm-start``, one round), sinkgd_guard (``--overflow-guard on_demand``,
+five rounds) and sinkgd_fast (both, one round). Each is ``train.make_optimizer`` of a
 ``TrainConfig`` (``CASES`` names the fields that differ): the very optimizer
 ``train.py`` runs, at its default peak learning rate and schedule.
 
@@ -38,7 +40,8 @@ bandwidth-bound, so passes there can fall below the byte count's floor.
 State bytes: the sum of ``nbytes`` over the leaves of ``tx.init(params)``, and
 the part of it attributed to hidden matrices (leaves whose tree path ends with
 the path of a parameter that ``multinorm_optax.default_param_labels`` labels
-``'multinorm'``).
+``'multinorm'``, with that parameter's shape or that shape with axes reduced to
+1, like SinkGD's warm-start column scaling).
 
 Static pass count (``--count-passes``, on by default): for one hidden matrix of
 the largest model's MLP shape, the same step is compiled alone and its
@@ -50,7 +53,10 @@ per such operand, and each full-size result counts one write. Bookkeeping
 instructions that move no data (parameter, constant, tuple, get-tuple-element,
 bitcast) are skipped. ``passes`` there is the bytes of those reads and writes
 over the bytes of one float32 matrix. A loop body is counted once however often
-it runs (the table says when a loop was found). Smaller arrays (row/column
+it runs (the table says when a loop was found). A ``conditional`` adds its
+cheapest branch, the path of a guard that redoes the work only on overflow
+(``--overflow-guard on_demand``); the count with its dearest branch is given
+beside it. Smaller arrays (row/column
 vectors, the Gram matrices of muon and swan) and arithmetic are not counted,
 so matmul-heavy optimizers cost more than their count says. This is XLA's plan
 for the platform it runs on, not a measurement: it is free of timing noise and
@@ -121,6 +127,17 @@ CASES: dict[str, dict[str, Any]] = {
   ),
   # No AdamW: per-token embedding, SR-Sinkhorn head, sign for norm scales.
   "sinkgd_stateless": dict(optimizer="sinkgd_stateless", num_iters=5),
+  # The cheaper-step options: warm-started L=1, no separate max|G| read, both.
+  "sinkgd_warm_l1": dict(optimizer="sinkgd", num_iters=1, warm_start=True),
+  "sinkgd_guard": dict(
+    optimizer="sinkgd", num_iters=5, overflow_guard="on_demand"
+  ),
+  "sinkgd_fast": dict(
+    optimizer="sinkgd",
+    num_iters=1,
+    warm_start=True,
+    overflow_guard="on_demand",
+  ),
 }
 OPTIMIZERS = tuple(CASES)
 
@@ -393,23 +410,44 @@ def count_full_size_traffic(hlo_text: str, elements: int) -> dict:
   shapes = {
     name: shape for body in computations.values() for name, shape, _, _ in body
   }
-  reads = writes = moved = 0
-  has_loop = False
-  seen, todo = set(), [entry]
-  while todo:
-    comp = todo.pop()
+  seen: set[str] = set()
+
+  def called(rest: str) -> list[str]:
+    out = []
+    for single, several in _CALLED.findall(rest):
+      out += (
+        [single]
+        if single
+        else [c.strip().lstrip("%") for c in several.split(",")]
+      )
+    return out
+
+  def traffic(comp: str) -> dict:
+    """Counts of `comp` and what it calls: a conditional adds its cheapest
+    branch (`worst` adds its dearest)."""
+    t = dict(reads=0, writes=0, moved=0, worst=0, loop=False, cond=False)
     if comp in seen or comp not in computations:
-      continue
+      return t
     seen.add(comp)
+
+    def add(sub):
+      for k in ("reads", "writes", "moved", "worst"):
+        t[k] += sub[k]
+      t["loop"] |= sub["loop"]
+      t["cond"] |= sub["cond"]
+
     for _name, shape, opcode, rest in computations[comp]:
-      if opcode in ("while", "call", "conditional"):
-        has_loop |= opcode == "while"
-        for single, several in _CALLED.findall(rest):
-          todo += (
-            [single]
-            if single
-            else [c.strip().lstrip("%") for c in several.split(",")]
-          )
+      if opcode in ("while", "call"):
+        t["loop"] |= opcode == "while"
+        for c in called(rest):
+          add(traffic(c))
+        continue
+      if opcode == "conditional":
+        branches = [traffic(c) for c in called(rest)]
+        if branches:
+          cheapest = min(branches, key=lambda b: b["moved"])
+          add({**cheapest, "worst": max(b["worst"] for b in branches)})
+        t["cond"] = True
         continue
       if opcode in _NO_DATA_MOVED:
         continue
@@ -418,17 +456,24 @@ def count_full_size_traffic(hlo_text: str, elements: int) -> dict:
       ):
         for n, nbytes in _arrays(shapes.get(operand, "")):
           if n == elements:
-            reads += 1
-            moved += nbytes
+            t["reads"] += 1
+            t["moved"] += nbytes
+            t["worst"] += nbytes
       for n, nbytes in _arrays(shape):
         if n == elements:
-          writes += 1
-          moved += nbytes
+          t["writes"] += 1
+          t["moved"] += nbytes
+          t["worst"] += nbytes
+    return t
+
+  t = traffic(entry)
   return {
-    "reads": reads,
-    "writes": writes,
-    "passes": moved / (4 * elements),
-    "has_loop": has_loop,
+    "reads": t["reads"],
+    "writes": t["writes"],
+    "passes": t["moved"] / (4 * elements),
+    "has_loop": t["loop"],
+    "has_conditional": t["cond"],
+    "passes_all_branches": t["worst"] / (4 * elements),
   }
 
 
@@ -526,6 +571,11 @@ def markdown(result: dict) -> str:
     ]
     for r in h["rows"]:
       loop = " (loop body counted once)" if r["has_loop"] else ""
+      if r.get("has_conditional"):
+        loop += (
+          " (cheapest branch of a conditional; its dearest: "
+          f"{r['passes_all_branches']:.1f})"
+        )
       lines.append(
         f"| {r['grad_dtype']} | {r['optimizer']} | {r['reads']} | {r['writes']} "
         f"| {r['passes']:.1f}{loop} |"
