@@ -95,7 +95,7 @@ def test_momentum_state_is_one_buffer_per_matrix():
 
 def test_swan_momentum_normalize_then_average():
   params, grads = _params_and_grads()
-  tx = mo.swan(LR, alpha=ALPHA, momentum=BETA)
+  tx = mo.swan(LR, alpha=ALPHA, momentum=BETA, whiten_mode="newton_schulz")
   got = _matrix_updates(tx, params, grads)
   buf = 0.0
   for a, g in zip(got, grads):

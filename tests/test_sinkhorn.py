@@ -187,9 +187,7 @@ def test_warm_start_on_stacked_layers_is_the_per_layer_warm_start():
 @pytest.mark.parametrize("guard", sinkhorn.OVERFLOW_GUARDS)
 def test_warm_start_under_inject_hyperparams_with_traced_num_iters(guard):
   seq = [{"k": jnp.asarray(_rand((16, 12), s))} for s in (12, 13, 14)]
-  make = lambda n: mo.scale_by_sinkgd(
-    n, warm_start=True, overflow_guard=guard
-  )
+  make = lambda n: mo.scale_by_sinkgd(n, warm_start=True, overflow_guard=guard)
   injected = optax.inject_hyperparams(make)(2)
   traced, _ = _steps(injected, seq)
   static, _ = _steps(make(2), seq)
