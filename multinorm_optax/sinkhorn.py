@@ -188,5 +188,10 @@ def sinkhorn_warm(
     r, c, amax = jax.lax.cond(ok, lambda: (r, c, unscaled), rescaled)
   normalized = jnp.isfinite(amax) & (num_iters >= 1)
   out = jnp.where(normalized, to_unit_max(x, amax) * r * c, jnp.nan)
-  c_next = jnp.where(normalized, scale_free(c, layout), c_init)
+  # A c that overflowed on a finite G (far outside any gradient we have
+  # seen) is not kept either: the next step starts from the last good one.
+  keep = normalized & jnp.all(
+    jnp.isfinite(c), axis=layout.reduction_axes, keepdims=True
+  )
+  c_next = jnp.where(keep, scale_free(c, layout), c_init)
   return out.astype(g.dtype), c_next
