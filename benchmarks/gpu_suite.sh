@@ -64,15 +64,17 @@ else
 fi
 
 # 600 steps of 32 x 256 byte tokens = 4.9M tokens: the stdlib corpus (31M) does
-# not repeat. lrs: the tiny model's tuned points (docs/BENCHMARKS.md).
+# not repeat. lrs: the best points at d_model 512 (60m's width) of the CPU width
+# sweep, AdamW groups at their tiny-model tuned values (docs/BENCHMARKS.md); one
+# point each, so each optimizer trains once.
 part convergence_60m 180 "$PY" benchmarks/convergence.py --model 60m \
   --optimizers adamw2,sinkgd,swan,muon --seeds 0 --corpora stdlib \
   --max-extend 0 --steps 600 --batch-size 32 --seq-len 256 \
   --eval-every 50 --eval-batches 8 \
-  --lrs-adamw2 3e-3 --adam-lrs-adamw2 3e-2 \
-  --lrs-sinkgd 3e-2 --adam-lrs-sinkgd 3e-2 \
-  --lrs-swan 3e-2 --adam-lrs-swan 3e-2 \
-  --lrs-muon 0.02 --out "$OUT/convergence_60m"
+  --lrs-adamw2 3e-4 --adam-lrs-adamw2 3e-2 \
+  --lrs-sinkgd 3e-3 --adam-lrs-sinkgd 3e-2 \
+  --lrs-swan 1e-2 --adam-lrs-swan 3e-2 \
+  --lrs-muon 0.02 --adam-lrs-muon 0.09 --out "$OUT/convergence_60m"
 
 "$PY" - "$OUT" <<'EOF'
 import json, subprocess, sys
