@@ -11,6 +11,7 @@ import optax
 from multinorm_optax import multinorm as mn
 from multinorm_optax import normalizers as norms
 from multinorm_optax import update_scale as us
+from multinorm_optax.layout import DimensionNumbers
 
 MATRIX = "multinorm"
 ADAM = "adam"
@@ -486,11 +487,12 @@ def sinkgd_stateless(
   - ``'multinorm'``, hidden matrices: :func:`sinkgd`'s step,
     ``W <- W - alpha eta_t (s(m, n) G_L + lambda W)`` with SR-Sinkhorn
     (``L = num_iters``) and ``s`` the ``update_scale`` rule.
-  - ``'embedding'``, a ``(vocab, d)`` table, Flax's ``(fan_in, fan_out)``
-    (the input is a one-hot token): each token's vector, a column in the
-    paper's ``(fan_out, fan_in)`` view, is scaled to l2 norm ``sqrt(d)``
-    (:func:`col_l2`: RMS 1 per token), ``E_v <- E_v - rho_t sqrt(d) G_v /
-    ||G_v||``. Tokens absent from the batch have a zero gradient row and
+  - ``'embedding'``, a table with the token axis first, ``(vocab, d)``
+    (Flax's ``nnx.Embed`` and PyTorch's ``nn.Embedding`` alike; other axes
+    are flattened into ``d``): each token's vector is scaled to l2 norm
+    ``sqrt(d)`` (:func:`row_l2` with the token axis as the rows, read in
+    place, no transpose: RMS 1 per token), ``E_v <- E_v - rho_t sqrt(d) G_v
+    / ||G_v||``. Tokens absent from the batch have a zero gradient row and
     stay exactly unchanged, as they would under AdamW's first step; a
     normalization over the whole table would instead let frequent tokens
     set the scale of rare ones.
@@ -524,8 +526,8 @@ def sinkgd_stateless(
     param_labels: a tree of ``'multinorm'``/``'embedding'``/``'head'``/
       ``'vector'`` labels like the params, or a callable ``params ->
       labels``; default :func:`stateless_param_labels`.
-    dimension_numbers: fan_in/fan_out axes of every matrix (hidden,
-      embedding, head), see :func:`multinorm`.
+    dimension_numbers: fan_in/fan_out axes of the hidden matrices and the
+      head, see :func:`multinorm`.
     impl: SR-Sinkhorn implementation, see :func:`scale_by_sinkgd`.
     update_scale: the hidden matrices' rule, see :func:`sinkgd`.
 
@@ -580,6 +582,10 @@ def sinkgd_stateless(
       num_iters, dimension_numbers=dimension_numbers, impl=impl
     )
 
+  def token_rows(name, leaf):  # the token axis as the rows: no transpose
+    del name
+    return DimensionNumbers(tuple(range(1, leaf.ndim)), 0)
+
   groups = {
     MATRIX: step(
       with_update_scale(sinkhorn(), update_scale, dimension_numbers),
@@ -587,7 +593,7 @@ def sinkgd_stateless(
       _times(alpha, learning_rate),
     ),
     EMBEDDING: step(
-      mn.multinorm([norms.col_l2], 1, dimension_numbers=dimension_numbers),
+      mn.multinorm([norms.row_l2], 1, dimension_numbers=token_rows),
       rest_wd,
       rest_lr,
     ),

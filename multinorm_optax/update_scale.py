@@ -29,8 +29,8 @@ A rule fixes ``r`` from the shape alone (no pass over the update):
   The operator norm is then exactly ``sqrt(m / n)`` for a rank-one gradient
   (SR-Sinkhorn keeps a rank-one gradient rank one) and at most that
   otherwise. It is muP's rule for hidden matrices under Adam (Yang et al.,
-  2022, Table 3: learning rate ``~ 1 / fan_in``), whose update entries all
-  have about the same size, as SinkGD's do.
+  2022: learning rate ``~ 1 / fan_in``), whose update entries all have about
+  the same size, as SinkGD's do.
 
 Which rule makes the best learning rate independent of width is an
 empirical question: ``benchmarks/width_transfer.py`` measures it.
