@@ -114,6 +114,18 @@ VARIANTS = {
   "sinkgd_guard": Variant(
     "sinkgd", flags=("--overflow-guard", "on_demand"), base="sinkgd"
   ),
+  # Both cheaper-step options at once: the step that costs less than AdamW's.
+  "sinkgd_fast": Variant(
+    "sinkgd",
+    flags=(
+      "--warm-start",
+      "--num-iters",
+      "1",
+      "--overflow-guard",
+      "on_demand",
+    ),
+    base="sinkgd",
+  ),
   # Momentum changes the effective step: tuned like sinkgd.
   "sinkgd_mom": Variant("sinkgd", two_groups=True, flags=("--momentum", "0.9")),
   "sinkgd_mom_post": Variant(
