@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import functools
 import importlib.util
+import inspect
 import math
 import os
 import sys
@@ -817,8 +818,22 @@ def run_record(args, config, tokenizer) -> dict:
       k: v
       for k, v in vars(args).items()
       if k not in ("coordinator", "process_id", "no_progress", "cpu_devices")
-    },
+    }
+    | library_defaults(args),
   }
+
+
+def library_defaults(args) -> dict:
+  """Flags left at None ("the library's default"), recorded as that default.
+
+  A resume under a library whose default has changed (SWAN's whitening became
+  ``fast``) then says so in its note of changed flags instead of silently
+  continuing with another algorithm.
+  """
+  if args.optimizer == "swan" and args.swan_whiten is None:
+    mode = inspect.signature(mo.swan).parameters["whiten_mode"].default
+    return {"swan_whiten": mode}
+  return {}
 
 
 def load_data(args, tokenizer):

@@ -1111,3 +1111,15 @@ def test_bad_sinkgd_option_is_one_line_error(flags, message, capsys):
   assert train.main(SMALL + flags) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and message in err, err
+
+
+def test_run_record_names_swans_default_whitening_so_a_changed_default_is_noted():
+  # A run recorded before the default changed holds None; a resume now records
+  # the resolved mode, so Checkpoints notes "swan_whiten None -> fast".
+  args = train.parse_args(["--optimizer", "swan"])
+  assert train.library_defaults(args) == {"swan_whiten": "fast"}
+  explicit = train.parse_args(["--optimizer", "swan", "--swan-whiten", "exact"])
+  assert train.library_defaults(explicit) == {}
+  assert (
+    train.library_defaults(train.parse_args(["--optimizer", "sinkgd"])) == {}
+  )
