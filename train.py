@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import functools
 import importlib.util
-import inspect
 import math
 import os
 import sys
@@ -510,12 +509,11 @@ def build_optimizer(
       adam_learning_rate=adam_schedule,
     )
   if name == "swan":
-    mode = {} if args.swan_whiten is None else {"whiten_mode": args.swan_whiten}
     return mo.swan(
       schedule,
       alpha=args.alpha,
       ns_steps=args.ns_steps,
-      **mode,
+      whiten_mode=args.swan_whiten or mo.normalizers.DEFAULT_WHITEN_MODE,
       update_scale=args.update_scale,
       momentum=args.momentum,
       nesterov=args.nesterov,
@@ -831,8 +829,7 @@ def library_defaults(args) -> dict:
   continuing with another algorithm.
   """
   if args.optimizer == "swan" and args.swan_whiten is None:
-    mode = inspect.signature(mo.swan).parameters["whiten_mode"].default
-    return {"swan_whiten": mode}
+    return {"swan_whiten": mo.normalizers.DEFAULT_WHITEN_MODE}
   return {}
 
 

@@ -341,7 +341,7 @@ def swan(
   alpha: float = 0.05,
   ns_steps: int | None = None,
   rescale: bool = True,
-  whiten_mode: str = "fast",
+  whiten_mode: str = norms.DEFAULT_WHITEN_MODE,
   weight_decay: float = 0.0,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   adam_b1: float = 0.9,

@@ -398,7 +398,7 @@ def scale_by_swan(
   ns_steps: int | None = None,
   rescale: bool = True,
   dimension_numbers: DimensionNumbersSpec = None,
-  whiten_mode: str = "fast",
+  whiten_mode: str = norms.DEFAULT_WHITEN_MODE,
 ) -> optax.GradientTransformation:
   r"""SWAN: GradNorm (row standardization) then GradWhitening, one round.
 

@@ -187,13 +187,18 @@ def sign(g: Array) -> Array:
 
 
 WHITEN_MODES = ("fast", "exact", "newton_schulz")
+# The mode of whiten, scale_by_swan and swan when none is given (newton_schulz
+# before the modes existed; see whiten's docstring for why fast replaced it).
+DEFAULT_WHITEN_MODE = "fast"
 # Design interval [lower, 1] of the normalized singular values and the default
 # step count of each polynomial mode (see ``polar_quintic_schedule``).
 POLAR_DESIGN = {"fast": (1e-2, 4), "exact": (3e-3, 6)}
 NEWTON_SCHULZ_STEPS = 10
 
 
-def whiten(g: Array, *, mode: str = "fast", ns_steps=None) -> Array:
+def whiten(
+  g: Array, *, mode: str = DEFAULT_WHITEN_MODE, ns_steps=None
+) -> Array:
   r"""SWAN's GradWhitening: :math:`(G G^\top)^{-1/2} G`, the polar factor.
 
   For ``G = U S V^T`` (thin SVD) this is ``U V^T``: every non-zero singular
