@@ -74,7 +74,12 @@ if str(REPO) not in sys.path:  # `python benchmarks/convergence.py`
   sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
-from benchmarks.step_cost import tree_bytes  # noqa: E402
+from benchmarks.step_cost import (  # noqa: E402
+  csv_list,
+  float_list,
+  int_list,
+  tree_bytes,
+)
 from models.llama import abstract_params  # noqa: E402
 from pretrain.tokenizer import load_tokenizer  # noqa: E402
 
@@ -829,14 +834,6 @@ def plot(result: dict, out: Path) -> None:
 # ------------------------------------------------------------------ the command
 
 
-def float_list(text: str) -> list[float]:
-  return [float(x) for x in text.split(",") if x.strip()]
-
-
-def name_list(text: str) -> list[str]:
-  return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0],
@@ -846,7 +843,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   tuned = [n for n, v in VARIANTS.items() if v.base is None]
   p.add_argument(
     "--optimizers",
-    type=name_list,
+    type=csv_list,
     default=list(DEFAULT_OPTIMIZERS),
     help=f"comma-separated, from {', '.join(tuned)} "
     f"(default {','.join(DEFAULT_OPTIMIZERS)})",
@@ -854,7 +851,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   ablations = [n for n, v in VARIANTS.items() if v.base is not None]
   p.add_argument(
     "--ablations",
-    type=name_list,
+    type=csv_list,
     default=[],
     help=f"comma-separated, from {', '.join(ablations)}, or 'default' "
     f"({','.join(DEFAULT_ABLATIONS)}); none unless given",
@@ -893,7 +890,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
   p.add_argument(
     "--seeds",
-    type=lambda t: [int(x) for x in name_list(t)],
+    type=int_list,
     default=[0, 1, 2],
     help="seeds of the final runs (default 0,1,2)",
   )
@@ -902,7 +899,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument(
     "--corpora",
-    type=name_list,
+    type=csv_list,
     default=["stdlib", "jaxstack"],
     help="train.py --data specs; the sweep uses the first (%(default)s)",
   )

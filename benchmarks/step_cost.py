@@ -608,6 +608,16 @@ def csv_list(text: str) -> list[str]:
   return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def float_list(text: str) -> list[float]:
+  """A comma-separated command-line value as floats, blanks dropped."""
+  return [float(x) for x in csv_list(text)]
+
+
+def int_list(text: str) -> list[int]:
+  """A comma-separated command-line value as ints, blanks dropped."""
+  return [int(x) for x in csv_list(text)]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0],

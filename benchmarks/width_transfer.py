@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/width_transfer.py`
   sys.path.insert(0, str(REPO))
 
 from benchmarks import convergence as cv  # noqa: E402
+from benchmarks.step_cost import csv_list, float_list, int_list  # noqa: E402
 
 DEFAULT_WIDTHS = (64, 128, 256, 512)
 DEFAULT_OPTIMIZERS = ("adamw2", "sinkgd", "swan", "muon")
@@ -204,10 +205,6 @@ def plot(result: dict, out: Path) -> None:
   plt.close(fig)
 
 
-def _ints(text: str) -> list[int]:
-  return [int(x) for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0],
@@ -215,13 +212,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument(
     "--widths",
-    type=_ints,
+    type=int_list,
     default=list(DEFAULT_WIDTHS),
     help=f"d_model values (default {','.join(map(str, DEFAULT_WIDTHS))})",
   )
   p.add_argument(
     "--optimizers",
-    type=cv.name_list,
+    type=csv_list,
     default=list(DEFAULT_OPTIMIZERS),
     help=f"from {', '.join(DEFAULT_LRS)} (default "
     f"{','.join(DEFAULT_OPTIMIZERS)})",
@@ -229,7 +226,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   for name, lrs in DEFAULT_LRS.items():
     p.add_argument(
       f"--lrs-{name}",
-      type=cv.float_list,
+      type=float_list,
       default=None,
       metavar="LR,...",
       help=f"(default {','.join(f'{x:g}' for x in lrs)})",
