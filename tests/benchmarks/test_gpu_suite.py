@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.sh"
+SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_suite.sh"
 
 
 def _run(tmp_path, env_path):

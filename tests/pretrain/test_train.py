@@ -33,7 +33,9 @@ from pretrain import mesh as meshlib
 from pretrain.checkpoint import complete_steps
 from pretrain.tokenizer import load_tokenizer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 # A small real corpus (the stdlib's json package: ~32k train tokens) keeps runs short.
 DATA = os.path.join(sysconfig.get_paths()["stdlib"], "json")
 STEPS = 6
