@@ -173,7 +173,7 @@ def test_python_train_py_runs_and_writes_metrics_and_checkpoints(tmp_path):
   assert "done: 4 steps" in proc.stdout and "val loss" in proc.stdout
   records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
   train_steps = [r["step"] for r in records if r["kind"] == "train"]
-  assert train_steps == [0, 1, 2, 3]
+  assert train_steps == [1, 2, 3, 4]
   assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
   assert all(
     np.isfinite(r["loss"]) and r["tokens_per_s"] > 0
@@ -595,7 +595,7 @@ def test_resume_after_interruption_is_bitwise_identical(fsdp8, tmp_path):
     "3",
   )
   assert resumed["start_step"] == 3
-  assert [h["step"] for h in resumed["history"]] == [3, 4, 5]
+  assert [h["step"] for h in resumed["history"]] == [4, 5, 6]
   np.testing.assert_array_equal(losses(resumed), losses(uninterrupted)[3:])
   assert resumed["final_val_loss"] == uninterrupted["final_val_loss"]
   # The unfinished save was moved aside (never deleted), the user's folder left
@@ -610,7 +610,7 @@ def test_resume_after_interruption_is_bitwise_identical(fsdp8, tmp_path):
   # The metrics file reads as one run: steps 3..5 replayed, not duplicated.
   records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
   assert [r["step"] for r in records if r["kind"] == "train"] == list(
-    range(STEPS)
+    range(1, STEPS + 1)
   )
   assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
 
@@ -724,7 +724,7 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
   assert "model tiny" not in outputs[1][0] and "done:" not in outputs[1][0]
   records = read_jsonl(tmp_path / "multi" / "metrics.jsonl")
   assert [r["step"] for r in records if r["kind"] == "train"] == list(
-    range(STEPS)
+    range(1, STEPS + 1)
   )
   multi = np.array([r["loss"] for r in records if r["kind"] == "train"])
   np.testing.assert_allclose(multi, losses(reference), rtol=1e-5, atol=1e-5)
@@ -995,12 +995,21 @@ def test_metrics_of_an_earlier_run_are_never_truncated(tmp_path, capsys):
   metrics = tmp_path / "metrics.jsonl"
   before = metrics.read_text()
   assert before.count("\n") == STEPS
-  for flags in (["--ckpt-every", "0"], ["--ckpt-every", "0", "--resume"]):
-    code = train.main(SMALL + ["--run-dir", str(tmp_path), *flags])
-    err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1, err
-    assert "already holds records of an earlier run" in err
-    assert metrics.read_text() == before
+  code = train.main(SMALL + ["--run-dir", str(tmp_path), "--ckpt-every", "0"])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count("\n") == 1, err
+  assert "already holds records of an earlier run; pass --resume" in err
+  assert metrics.read_text() == before
+  # --resume with no checkpoint to resume: step 0 again, the records aside.
+  code = train.main(
+    SMALL + ["--run-dir", str(tmp_path), "--ckpt-every", "0", "--resume"]
+  )
+  out = capsys.readouterr().out
+  assert code == 0
+  aside = tmp_path / "metrics.jsonl.unfinished"
+  assert aside.read_text() == before
+  assert f"were moved to {aside}" in out
+  assert metrics.read_text().count("\n") == STEPS
 
 
 @pytest.mark.parametrize(
