@@ -349,6 +349,11 @@ class Checkpoints:
   def _check_same_run(self, directory, saved: dict) -> None:
     self.notes += record.resume_notes(saved, self.run_record, directory)
 
+  def reached_preemption(self, step: int) -> bool:
+    """Orbax's answer: has every process reached JAX's preemption sync point
+    at `step`? (False on one process, or with the service off.)"""
+    return bool(self._manager.reached_preemption(step))
+
   def read_run_record(self, step: int) -> dict:
     return read_run_record(self._path, step)
 

@@ -22,12 +22,9 @@ import fcntl
 import os
 import socket
 
+from pretrain.errors import InUseError
+
 LOCK_NAME = ".lock"
-
-
-class InUseError(RuntimeError):
-  """An output of the run is locked by another process; the message is one
-  line naming it and the holder's pid."""
 
 
 @dataclasses.dataclass
@@ -44,19 +41,24 @@ def _inside(path: str, directory: str) -> bool:
 
 
 def lock_targets(
-  run_dir: str, ckpt_dir: str | None, metrics: str | None
+  run_dir: str,
+  ckpt_dir: str | None,
+  metrics: str | None,
+  tensorboard: str | None = None,
 ) -> list[tuple[str, str]]:
   """(lock file, what to call the output) for each output a run writes.
 
-  `ckpt_dir` and `metrics` are None when the run does not write them. An
-  output inside `run_dir` is covered by the run directory's lock; the run
-  directory itself is locked only when something is written into it.
+  `ckpt_dir`, `metrics` and `tensorboard` (a directory) are None when the run
+  does not write them. An output inside `run_dir` is covered by the run
+  directory's lock; the run directory itself is locked only when something
+  is written into it.
   """
   run_dir = os.path.realpath(run_dir)
   targets = []
   for path, flag, is_dir in (
     (ckpt_dir, "--ckpt-dir", True),
     (metrics, "--metrics", False),
+    (tensorboard, "--tensorboard", True),
   ):
     if path is None or "://" in str(path):
       continue

@@ -37,15 +37,9 @@ import os
 import sys
 import time
 
+from pretrain.errors import OutputError
 from pretrain.flops import mfu, peak_memory_bytes
 from pretrain.paths import check_writable_dir
-
-
-class OutputError(RuntimeError):
-  """Writing an output of the run (its metrics) failed, e.g. on a full disk.
-
-  The message is one line; what was written before stays whole.
-  """
 
 
 class RunLog:
@@ -124,8 +118,6 @@ class RunLog:
         dynamic_ncols=True,
         file=sys.stderr,
       )
-    for note in self.notes:
-      self.print(f"note: {note}")
 
   def print(self, message: str) -> None:
     if not self.enabled:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -32,6 +33,17 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def exit_code(signum: int) -> int:
   """The exit code of a run stopped by signal `signum`: the shell's 128 + n."""
   return 128 + int(signum)
+
+
+def reached_sync_point(step: int) -> bool:
+  """JAX's preemption sync point at `step` (False with the service off): for
+  a run without checkpoints; one with them asks orbax's manager."""
+  from jax.experimental import multihost_utils
+
+  try:
+    return bool(multihost_utils.reached_preemption_sync_point(step))
+  except RuntimeError:  # the preemption service is off
+    return False
 
 
 def _say(message: str) -> None:
@@ -46,6 +58,9 @@ class StopRequest:
     prog: the name that starts each line printed (e.g. "train.py").
     distributed: several processes under `jax.distributed`: SIGTERM is left
       to JAX's preemption service, and `reached_preemption` decides.
+    service: whether that service is on (`jax_enable_preemption_service`,
+      JAX's default); under `jax.distributed` without it nothing is
+      installed.
     reached_preemption: step -> whether every process has reached the
       preemption sync point (orbax's `CheckpointManager.reached_preemption`).
     at_once: called before a third signal exits the process; returns the
@@ -59,11 +74,13 @@ class StopRequest:
     prog: str,
     *,
     distributed: bool = False,
+    service: bool = True,
     reached_preemption: Callable[[int], bool] | None = None,
     at_once: Callable[[], str] | None = None,
   ):
     self.prog = prog
     self.distributed = distributed
+    self.service = service
     self.reached_preemption = reached_preemption
     self.at_once = at_once
     self.signum: int | None = None  # the first signal received
@@ -85,10 +102,11 @@ class StopRequest:
     return exit_code(self.signum or signal.SIGTERM)
 
   def install(self) -> StopRequest:
-    if self.distributed and signal.getsignal(signal.SIGTERM) is not None:
-      # No handler from outside Python on SIGTERM: JAX's preemption service
-      # is off, and a stop seen by one process only would leave the others
-      # waiting in a collective. Signals keep their default effect.
+    if threading.current_thread() is not threading.main_thread():
+      return self  # only the main thread may set handlers; signals stay as is
+    if self.distributed and not self.service:
+      # A stop seen by one process only would leave the others waiting in a
+      # collective: signals keep their default effect.
       return self
     for signum in SIGNALS:
       if self.distributed and signum == signal.SIGTERM:
@@ -113,7 +131,9 @@ class StopRequest:
     name = signal.Signals(signum).name
     if self.count == 1:
       self.signum = signum
-      if self.distributed:  # to JAX's notifier, which tells every process
+      if self.distributed:
+        # To JAX's notifier, which holds SIGTERM (below Python, so
+        # signal.getsignal does not show it) and tells every process.
         signal.raise_signal(signal.SIGTERM)
       _say(
         f"{self.prog}: {name}: stopping after this step, which is saved "

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from pretrain.lock import LOCK_NAME, InUseError, RunLocks, lock_targets
+from pretrain.errors import ExitCode, InUseError
+from pretrain.lock import LOCK_NAME, RunLocks, lock_targets
+from tests.pretrain.runs import Run, snapshot, train_losses
 
 REPO = os.path.dirname(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,3 +110,25 @@ def test_refused_lock_keeps_none_and_tidy_release_leaves_nothing(tmp_path):
   assert (fresh / "c" / "d" / LOCK_NAME).exists()
   locks.release(tidy=True)  # what a run refused for bad input does
   assert not fresh.exists()
+
+
+def test_second_train_py_on_a_run_dir_in_use_is_refused_and_changes_nothing(
+  tmp_path, uninterrupted
+):
+  first = Run(tmp_path, "--ckpt-every", "2", pauses="log=1")
+  first.wait_for("paused at log 1")
+  before = snapshot(tmp_path)
+  lock = os.path.realpath(tmp_path / LOCK_NAME)
+  for flags in ([], ["--resume"]):  # with another lr: another run
+    second = Run(tmp_path, "--ckpt-every", "2", "--lr", "0.1", *flags)
+    assert second.finish() == ExitCode.IN_USE
+    assert second.last_err_line == (
+      f"train.py: error: --run-dir {os.path.realpath(tmp_path)} is in use by "
+      f"process {first.proc.pid} (it holds {lock}); wait for it to end or "
+      "choose another one"
+    )
+    assert "".join(second.err).count("\n") == 1
+  assert snapshot(tmp_path) == before
+  first.go_on()
+  assert first.finish() == 0
+  assert train_losses(tmp_path) == uninterrupted

@@ -10,7 +10,8 @@ import sysconfig
 import pytest
 
 from pretrain.cli import parse_args
-from pretrain.metrics import OutputError, RunLog, check_metrics_file
+from pretrain.errors import OutputError
+from pretrain.metrics import RunLog, check_metrics_file
 from pretrain.trainer import train
 
 DATA = os.path.join(sysconfig.get_paths()["stdlib"], "json")

@@ -145,14 +145,14 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
       "--ckpt-every",
       "2",
       "--inject-nan-at",
-      "4",
+      "5",
       "--optimizer",
       "sgd",
     ]
   )
   err = capsys.readouterr().err
   assert code == 3
-  assert err.count("\n") == 1 and "loss is nan" in err and "at step 4" in err
+  assert err.count("\n") == 1 and "loss is nan" in err and "at step 5" in err
   assert f"Last good checkpoint: {tmp_path / 'ckpt' / '4'}" in err
   assert complete_steps(tmp_path / "ckpt") == [2, 4]
   assert sorted(os.listdir(tmp_path / "ckpt")) == ["2", "4"]
