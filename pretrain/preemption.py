@@ -46,6 +46,11 @@ def reached_sync_point(step: int) -> bool:
     return False
 
 
+def _ignore(signum, frame) -> None:
+  """The Python-level handler: the work is done by `StopRequest._watch`."""
+  del signum, frame
+
+
 def _say(message: str) -> None:
   # os.write, not print: a handler may run in the middle of a print.
   os.write(2, (message + "\n").encode())
@@ -87,6 +92,8 @@ class StopRequest:
     self.count = 0
     self.saving_step: int | None = None  # set while the stop's save runs
     self._previous: dict[int, object] = {}
+    self._wakeup = None  # (previous wakeup fd, our pipe's two ends)
+    self._watcher = None
 
   @property
   def requested(self) -> bool:
@@ -108,13 +115,34 @@ class StopRequest:
       # A stop seen by one process only would leave the others waiting in a
       # collective: signals keep their default effect.
       return self
+    # Python runs a signal's handler in the main thread, and only once that
+    # thread gets back to bytecode: a signal that the kernel hands to another
+    # thread while the main one waits (on a save, on the device) would wait
+    # with it, and a third Ctrl-C could not exit a hung save. So the handler
+    # does nothing; the C-level handler also writes the signal's number to
+    # the wakeup fd, whichever thread takes it, and a thread reading that
+    # pipe does the work at once.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
     for signum in SIGNALS:
       if self.distributed and signum == signal.SIGTERM:
         continue  # JAX's preemption notifier holds it
-      self._previous[signum] = signal.signal(signum, self._handle)
+      self._previous[signum] = signal.signal(signum, _ignore)
+    self._wakeup = (signal.set_wakeup_fd(write_end), read_end, write_end)
+    self._watcher = threading.Thread(
+      target=self._watch, args=(read_end,), name="StopRequest", daemon=True
+    )
+    self._watcher.start()
     return self
 
   def uninstall(self) -> None:
+    if self._wakeup is not None:
+      previous, read_end, write_end = self._wakeup
+      signal.set_wakeup_fd(previous)
+      os.close(write_end)  # the watcher reads EOF and ends
+      self._watcher.join()
+      os.close(read_end)
+      self._wakeup = None
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous = {}
@@ -125,8 +153,19 @@ class StopRequest:
   def __exit__(self, *exc) -> None:
     self.uninstall()
 
-  def _handle(self, signum: int, frame) -> None:
-    del frame
+  def _watch(self, read_end: int) -> None:
+    while True:
+      try:
+        data = os.read(read_end, 64)
+      except InterruptedError:
+        continue
+      if not data:
+        return
+      for signum in data:
+        if signum in self._previous:
+          self._handle(signum)
+
+  def _handle(self, signum: int) -> None:
     self.count += 1
     name = signal.Signals(signum).name
     if self.count == 1:

@@ -4,6 +4,7 @@ failed saves stop it with one line.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -223,3 +224,30 @@ def test_save_that_raises_stops_the_run_and_keeps_earlier_checkpoints(
   assert err.count("\n") == 1 and "saving checkpoint step 4" in err, err
   assert "Permission denied" in err
   assert complete_steps(tmp_path / "ckpt") == [2]
+
+
+def test_full_disk_for_metrics_is_one_line_exit_5_and_keeps_the_checkpoints(
+  tmp_path, capsys, monkeypatch
+):
+  from pretrain import metrics
+
+  append = metrics.append_line
+
+  def full_disk(path, line):
+    if '"step": 4' in line:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return append(path, line)
+
+  monkeypatch.setattr(metrics, "append_line", full_disk)
+  code = main(
+    SMALL + ["--run-dir", str(tmp_path), "--ckpt-every", "2", "--keep", "0"]
+  )
+  err = capsys.readouterr().err
+  assert code == ExitCode.OUTPUT_FAILED == 5
+  path = tmp_path / "metrics.jsonl"
+  assert err == (
+    f"train.py: error: writing metrics to {path} failed at step 4 (No space "
+    f"left on device); stopped. Last good checkpoint: {tmp_path / 'ckpt' / '2'}\n"
+  )
+  assert complete_steps(tmp_path / "ckpt") == [2]
+  assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3]
