@@ -4,7 +4,7 @@ r"""Device memory of train.py's step per model and optimizer, from the compiler.
     python benchmarks/capacity.py --models 350m,1b --optimizers adamw,sinkgd
 
 For each model config and optimizer, train.py's own jitted train step
-(``train.jitted_train_step`` of a ``TrainConfig``) is lowered on abstract
+(``pretrain.step.jitted_train_step`` of a ``TrainConfig``) is lowered on abstract
 inputs (``jax.ShapeDtypeStruct`` with the run's shardings: nothing is
 allocated) and compiled ahead of time; ``compiled.memory_analysis()`` gives the
 per-device sizes of its arguments, outputs, aliased (donated) buffers and
@@ -51,7 +51,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import train  # noqa: E402
+import pretrain.config  # noqa: E402
+import pretrain.optim  # noqa: E402
+import pretrain.runtime  # noqa: E402
+import pretrain.step  # noqa: E402
 from benchmarks.step_cost import csv_list  # noqa: E402
 from models.llama import CONFIGS, count_params  # noqa: E402
 from pretrain import mesh as meshlib  # noqa: E402
@@ -74,10 +77,10 @@ def shard_bytes(tree) -> int:
 def compiled_memory(config: TrainConfig) -> dict:
   """Per-device memory of train.py's step for ``config``, compiled ahead of
   time on abstract inputs."""
-  model_config = train.model_config(config)
-  mesh = train.build_mesh(config, model_config)
-  tx, _ = train.make_optimizer(config)
-  step, state = train.jitted_train_step(config, model_config, mesh, tx)
+  model_config = pretrain.runtime.model_config(config)
+  mesh = pretrain.runtime.build_mesh(config, model_config)
+  tx, _ = pretrain.optim.make_optimizer(config)
+  step, state = pretrain.step.jitted_train_step(config, model_config, mesh, tx)
   batch = jax.ShapeDtypeStruct(
     (config.batch_size, config.seq_len),
     jnp.int32,
@@ -132,7 +135,9 @@ def measure(args, model: str, optimizer: str) -> dict:
   return {
     "model": model,
     "optimizer": optimizer,
-    "params": count_params(train.model_config(TrainConfig(model=model))),
+    "params": count_params(
+      pretrain.runtime.model_config(TrainConfig(model=model))
+    ),
     "devices": small["devices"],
     "mesh": meshlib.format_mesh(small["mesh"]),
     "seq_len": args.seq_len,
@@ -255,7 +260,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--out", type=Path, default=None)
   args = p.parse_args(argv)
   unknown = [m for m in args.models if m not in CONFIGS]
-  unknown += [o for o in args.optimizers if o not in train.OPTIMIZERS]
+  unknown += [o for o in args.optimizers if o not in pretrain.config.OPTIMIZERS]
   if unknown:
     p.error(f"unknown model(s)/optimizer(s): {', '.join(unknown)}")
   if args.batch_per_device < 1:
@@ -266,7 +271,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[dict]:
   """Runs the analysis; writes capacity.json and capacity.md; returns the rows."""
   args = parse_args(argv)
-  train.setup_runtime(TrainConfig(cpu_devices=args.cpu_devices))
+  pretrain.runtime.setup_runtime(TrainConfig(cpu_devices=args.cpu_devices))
   platform = jax.default_backend()
   out = args.out or REPO / "benchmarks" / "results" / f"capacity_{platform}"
   argv_list = sys.argv[1:] if argv is None else list(argv)

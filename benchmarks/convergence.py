@@ -3,7 +3,7 @@ r"""Convergence against the best AdamW: each optimizer tuned, then seeds x corpo
     python benchmarks/convergence.py --in-process      # CPU default (see docs/BENCHMARKS.md)
     python benchmarks/convergence.py --optimizers adamw2,sinkgd --seeds 0 --corpora stdlib
 
-Every run is `train.train` (train.py's model, data, schedule and step; no second loop)
+Every run is `pretrain.trainer.train` (train.py's model, data, schedule and step; no second loop)
 with the same model, batch, sequence length, steps and schedule (linear warmup over
 10% of the steps, then cosine to 10% of the peak). A seed fixes the model's init, the
 data order and the validation files, the same for every optimizer.
@@ -73,7 +73,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/convergence.py`
   sys.path.insert(0, str(REPO))
 
-import train  # noqa: E402
+import pretrain.cli  # noqa: E402
+import pretrain.errors  # noqa: E402
+import pretrain.optim  # noqa: E402
+import pretrain.runtime  # noqa: E402
+import pretrain.trainer  # noqa: E402
 from benchmarks.step_cost import (  # noqa: E402
   csv_list,
   float_list,
@@ -242,10 +246,10 @@ SIZES = {
 
 def optimizer_state_bytes(args) -> tuple[int, int]:
   """(optimizer-state bytes, parameter bytes) of `args`' model and optimizer, from
-  shapes alone: `jax.eval_shape` of `train.make_optimizer(args)`'s init."""
-  config = train.model_config(args, load_tokenizer(args.tokenizer))
+  shapes alone: `jax.eval_shape` of `pretrain.optim.make_optimizer(args)`'s init."""
+  config = pretrain.runtime.model_config(args, load_tokenizer(args.tokenizer))
   params = abstract_params(config)
-  tx, _ = train.make_optimizer(args)
+  tx, _ = pretrain.optim.make_optimizer(args)
   return tree_bytes(jax.eval_shape(tx.init, params)), tree_bytes(params)
 
 
@@ -268,12 +272,12 @@ def device_info() -> dict:
 
 
 def run_training(train_argv: list[str]) -> dict:
-  """`train.train` on `train_argv`; its summary plus status ("ok" or "diverged"), the
+  """`pretrain.trainer.train` on `train_argv`; its summary plus status ("ok" or "diverged"), the
   device's peak memory (None where the device does not count it) and state bytes."""
-  args = train.parse_args(train_argv)
+  args = pretrain.cli.parse_args(train_argv)
   try:
-    summary, status = train.train(args), "ok"
-  except train.NonFiniteLossError as e:
+    summary, status = pretrain.trainer.train(args), "ok"
+  except pretrain.errors.NonFiniteLossError as e:
     print(f"diverged: {e}", flush=True)
     summary, status = e.summary, "diverged"
   stats = jax.local_devices()[0].memory_stats()

@@ -3,7 +3,7 @@ r"""How far from SR-Sinkhorn's fixed point each step's update is, along a real r
     python benchmarks/sinkgd_warm_start.py            # CPU: 3 tiny runs, ~1 min
 
 For each variant (cold L=1, cold L=5, warm-started L=1; ``--variants``),
-train.py's tiny model is trained by train.py's own step (``train.train_step``,
+train.py's tiny model is trained by train.py's own step (``pretrain.step.train_step``,
 nothing re-implemented) with sinkgd at its default lr for ``--steps`` steps
 (batch 16 x 64 tokens of the stdlib corpus, warmup 10% then cosine, clip 1,
 seed 0). The optimizer is chained with a transform that keeps the step's
@@ -45,7 +45,11 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 import multinorm_optax as mo  # noqa: E402
-import train  # noqa: E402
+import pretrain.data  # noqa: E402
+import pretrain.optim  # noqa: E402
+import pretrain.runtime  # noqa: E402
+import pretrain.state  # noqa: E402
+import pretrain.step  # noqa: E402
 from models.llama import create_sharded_model  # noqa: E402
 from pretrain import mesh as meshlib  # noqa: E402
 from pretrain.config import TrainConfig  # noqa: E402
@@ -101,15 +105,15 @@ def run_variant(name: str, steps: int, seed: int) -> dict:
     **VARIANTS[name],
   )
   tokenizer = load_tokenizer(config.tokenizer)
-  model_config = train.model_config(config, tokenizer)
-  _, sampler, _ = train.load_data(config, tokenizer)
-  mesh = train.build_mesh(config, model_config)
+  model_config = pretrain.runtime.model_config(config, tokenizer)
+  _, sampler, _ = pretrain.data.load_data(config, tokenizer)
+  mesh = pretrain.runtime.build_mesh(config, model_config)
   model = create_sharded_model(model_config, mesh, seed=seed)
   graphdef = nnx.graphdef(model)
-  tx = optax.chain(train.make_optimizer(config)[0], keep_updates())
-  state, shardings = train.init_state(model, tx, mesh, seed)
+  tx = optax.chain(pretrain.optim.make_optimizer(config)[0], keep_updates())
+  state, shardings = pretrain.state.init_state(model, tx, mesh, seed)
   labels = mo.default_param_labels(state["params"])
-  step_fn = train.make_train_step(
+  step_fn = pretrain.step.make_train_step(
     graphdef,
     tx,
     shardings,

@@ -20,7 +20,7 @@ fused SR-Sinkhorn), sinkgd_l5_reference (``impl="reference"``, each
 normalization materialized), sinkgd_l5_spectral (``update_scale="spectral"``),
 sinkgd_stateless (``sinkgd_stateless``: no AdamW state at all), sinkgd_warm_l1
 (``--warm-start``, one round), sinkgd_guard (``--overflow-guard on_demand``,
-five rounds) and sinkgd_fast (both, one round). Each is ``train.make_optimizer`` of a
+five rounds) and sinkgd_fast (both, one round). Each is ``pretrain.optim.make_optimizer`` of a
 ``TrainConfig`` (``CASES`` names the fields that differ): the very optimizer
 ``train.py`` runs, at its default peak learning rate and schedule.
 
@@ -96,7 +96,7 @@ if (
   sys.path.insert(0, str(REPO))
 
 import multinorm_optax as mo  # noqa: E402
-import train  # noqa: E402
+import pretrain.optim  # noqa: E402
 from models.llama import abstract_params, get_config  # noqa: E402
 from pretrain import mesh as meshlib  # noqa: E402
 from pretrain.config import TrainConfig  # noqa: E402
@@ -149,7 +149,7 @@ def case_config(name: str) -> TrainConfig:
 
 def build_tx(name: str) -> optax.GradientTransformation:
   """train.py's optimizer for case `name`, with its schedule."""
-  return train.make_optimizer(case_config(name))[0]
+  return pretrain.optim.make_optimizer(case_config(name))[0]
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ one. Reported: min and max singular value of the output over the reference's
 range (where the reference is 1), the largest singular value on its null
 space (where the reference is 0), and ``max |W - W_ref|``.
 
-``train``: train.py's tiny model (``train.train``, nothing re-implemented), the
+``train``: train.py's tiny model (``pretrain.trainer.train``, nothing re-implemented), the
 default convergence run of benchmarks/convergence.py (400 steps of 16 x 64
 tokens, --data corpus (stdlib), warmup 10% then cosine, clip 1) at SWAN's best lr
 there (0.03), once per (mode, ns_steps, seed) in ``--runs``; final validation
@@ -118,7 +118,8 @@ def accuracy(args) -> list[dict]:
 
 
 def train_runs(args) -> list[dict]:
-  import train
+  from pretrain.cli import parse_args
+  from pretrain.trainer import train
 
   path = args.out / "swan_whitening.json"
   results = json.loads(path.read_text()) if path.exists() else []
@@ -165,7 +166,7 @@ def train_runs(args) -> list[dict]:
       "--data",
       args.data,
     ]
-    summary = train.train(train.parse_args(argv))
+    summary = train(parse_args(argv))
     results.append(
       {
         "mode": mode,

@@ -5,7 +5,7 @@ r"""End-to-end train-step time, tokens/s and MFU per optimizer, side by side.
         --dtype bfloat16 --remat block --scan-layers     # one GPU
 
 Every optimizer runs train.py's own jitted train step
-(``train.jitted_train_step`` of a ``TrainConfig``: the same model, loss,
+(``pretrain.step.jitted_train_step`` of a ``TrainConfig``: the same model, loss,
 clipping, accumulation, remat and layout flags) on the same random token
 batch, in one process. After compiling and ``--warmup`` untimed steps, the
 optimizers take turns: each timed window is ``--steps`` back-to-back steps of
@@ -38,7 +38,11 @@ if (
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import train  # noqa: E402
+import pretrain.config  # noqa: E402
+import pretrain.optim  # noqa: E402
+import pretrain.runtime  # noqa: E402
+import pretrain.state  # noqa: E402
+import pretrain.step  # noqa: E402
 from benchmarks.step_cost import csv_list  # noqa: E402
 from models.llama import create_sharded_model  # noqa: E402
 from pretrain import mesh as meshlib  # noqa: E402
@@ -51,12 +55,12 @@ OPTIMIZERS = ("adamw", "sinkgd", "swan", "muon")
 def prepare(config: TrainConfig, tokens: np.ndarray) -> dict:
   """The compiled step of `config`, its state at step 0 and the batch on
   the mesh."""
-  model_config = train.model_config(config)
-  mesh = train.build_mesh(config, model_config)
-  tx, _ = train.make_optimizer(config)
-  step, _ = train.jitted_train_step(config, model_config, mesh, tx)
+  model_config = pretrain.runtime.model_config(config)
+  mesh = pretrain.runtime.build_mesh(config, model_config)
+  tx, _ = pretrain.optim.make_optimizer(config)
+  step, _ = pretrain.step.jitted_train_step(config, model_config, mesh, tx)
   model = create_sharded_model(model_config, mesh, seed=config.seed)
-  state, _ = train.init_state(model, tx, mesh, config.seed)
+  state, _ = pretrain.state.init_state(model, tx, mesh, config.seed)
   del model
   batch = [
     jax.device_put(x, meshlib.batch_sharding(mesh))
@@ -168,7 +172,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument("--out", type=Path, default=None)
   args = p.parse_args(argv)
-  unknown = [o for o in args.optimizers if o not in train.OPTIMIZERS]
+  unknown = [o for o in args.optimizers if o not in pretrain.config.OPTIMIZERS]
   if unknown:
     p.error(f"unknown optimizer(s): {', '.join(unknown)}")
   return args
@@ -176,7 +180,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  train.setup_runtime(TrainConfig(cpu_devices=args.cpu_devices))
+  pretrain.runtime.setup_runtime(TrainConfig(cpu_devices=args.cpu_devices))
   platform = jax.default_backend()
   argv_list = sys.argv[1:] if argv is None else list(argv)
   out = args.out or REPO / "benchmarks" / "results" / f"throughput_{platform}"

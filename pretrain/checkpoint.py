@@ -41,23 +41,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from pretrain import record
+from pretrain.errors import SaveError
+
 ITEMS = ("state", "run", "checksums")
-# Resuming with a different one of these would fail to load or silently train something
-# else; any other difference between run records is only noted.
-MUST_MATCH = ("model", "layout", "tokenizer", "optimizer", "data")
-# What a record from before an entry existed meant by it.
-IMPLIED = {"layout": "unrolled layers"}
-# Why a different "data" is refused: the sampler serves step s the windows that
-# (seed, s, batch shape) pick; another batch shape picks other windows, so the rest
-# of the run would repeat some data and never see other data.
-DATA_WHY = (
-  "the remaining steps would be served other windows of the corpus, so data "
-  "would repeat or skip"
-)
-
-
-class SaveError(RuntimeError):
-  """A checkpoint save failed; the message is one line naming the step."""
 
 
 # ------------------------------------------------------------------ checksums
@@ -217,7 +204,7 @@ class Checkpoints:
 
   Args:
     directory: where step directories live (created on the first save).
-    run_record: JSON-able description of the run; its `MUST_MATCH` entries must equal
+    run_record: JSON-able description of the run; its `record.MUST_MATCH` entries must equal
       those of the checkpoint being resumed.
     resume: continue from the latest intact checkpoint, if there is one. Without
       it, a directory that already holds checkpoints is refused, never overwritten.
@@ -270,30 +257,7 @@ class Checkpoints:
       self._check_same_run(directory, saved)
 
   def _check_same_run(self, directory, saved: dict) -> None:
-    for key in MUST_MATCH:
-      if key not in saved and key == "data":
-        continue  # saved before batch shapes were recorded
-      # A record without an entry (older, or hand-made) means its default.
-      was = saved.get(key, IMPLIED.get(key))
-      now = self.run_record.get(key, IMPLIED.get(key))
-      if was != now:
-        why = f": {DATA_WHY}" if key == "data" else ""
-        raise ValueError(
-          f"{directory} holds a run with a different {key} "
-          f"({_short(was, now)}, not {_short(now, was)})"
-          f"{why}; use another --ckpt-dir"
-        )
-    old, new = saved.get("args", {}), self.run_record.get("args", {})
-    changed = [
-      k
-      for k in sorted(set(old) | set(new))
-      if k != "resume" and old.get(k) != new.get(k)
-    ]
-    if changed:
-      self.notes.append(
-        "resuming with changed flags: "
-        + ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed)
-      )
+    self.notes += record.resume_notes(saved, self.run_record, directory)
 
   def read_run_record(self, step: int) -> dict:
     return read_run_record(self._path, step)
@@ -506,6 +470,8 @@ def restore_params(directory, step: int, abstract_params):
   Raises:
     ValueError: the parameters cannot be read or do not match their checksums.
   """
+  if "://" not in str(directory):  # orbax refuses relative paths
+    directory = epath.Path(directory).absolute()
   item = {"params": abstract_params}
   try:
     with ocp.PyTreeCheckpointer() as checkpointer:
@@ -551,25 +517,3 @@ def _all_processes(ok: bool) -> bool:
 def _one_line(error: Exception) -> str:
   text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
   return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _short(value, other=None) -> str:
-  """`value` in a few words: a record's name, with the entries where it
-  differs from `other` when the names are the same."""
-  if isinstance(value, dict) and "name" in value:
-    if not isinstance(other, dict) or other.get("name") != value["name"]:
-      return str(value["name"])
-    keys = sorted(set(value) | set(other))
-    return ", ".join(
-      [str(value["name"])]
-      + [
-        f"{k} {value.get(k, 'unset')}"
-        for k in keys
-        if value.get(k) != other.get(k)
-      ]
-    )
-  if isinstance(value, dict):
-    text = ", ".join(f"{k} {v}" for k, v in value.items())
-  else:
-    text = str(value)
-  return text if len(text) <= 60 else text[:57] + "..."

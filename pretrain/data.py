@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from pretrain.tokenizer import ByteTokenizer, Tokenizer, import_optional
@@ -736,3 +737,39 @@ def validation_batches(
     chosen = np.arange(count) % num_windows
   batches = chosen.reshape(num_batches, batch_size)[:, rows]
   return [_windows(tokens, windows * seq_len, seq_len) for windows in batches]
+
+
+def load_data(config, tokenizer):
+  """(corpus, BatchSampler, this process's validation batches); errors as ValueError."""
+  try:
+    corpus = load_corpus(
+      config.data,
+      tokenizer,
+      seed=config.seed,
+      max_tokens=config.steps * config.batch_size * config.seq_len,
+    )
+  except RuntimeError as e:  # a missing optional package, a failed stream
+    raise ValueError(str(e)) from None
+  sampler = BatchSampler(
+    corpus.train,
+    batch_size=config.batch_size,
+    seq_len=config.seq_len,
+    seed=config.seed,
+  )
+  if config.steps > sampler.max_steps:
+    raise ValueError(
+      f"--steps {config.steps} of {config.batch_size} x {config.seq_len} tokens need more "
+      f"than the {len(corpus.train)} training tokens of {config.data or 'stdlib'} "
+      f"(one epoch is {sampler.max_steps} steps)"
+    )
+  val = []
+  if config.eval_batches and len(corpus.val) > config.seq_len:
+    val = validation_batches(
+      corpus.val,
+      batch_size=config.batch_size,
+      seq_len=config.seq_len,
+      max_batches=config.eval_batches,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+  return corpus, sampler, val

@@ -5,7 +5,7 @@
         --temperature 0.8 --top-k 40 --num-samples 3 --seed 1
 
 The checkpoint's run record says which model, flags and tokenizer made it; the
-model is rebuilt as train.py builds it and only its parameters are restored,
+model is rebuilt as pretrain.trainer builds it and only its parameters are restored,
 read-only (a run may still be training there). It prints the greedy
 continuation, then `--num-samples` continuations drawn from
 ``softmax(logits / temperature)`` over the `--top-k` most likely tokens.
@@ -27,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import train
 from models.llama import Llama, abstract_model, abstract_params
 from pretrain.checkpoint import complete_steps, read_run_record, restore_params
+from pretrain.config import TrainConfig
+from pretrain.record import run_record
+from pretrain.runtime import model_config
 from pretrain.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -60,7 +62,9 @@ def load_run(
       f"{ckpt_dir} has no complete checkpoint {step} (it has {steps})"
     )
   record = read_run_record(ckpt_dir, step)
-  args = train.parse_args([])
+  # The record's flags as they were (not re-checked: an older version may
+  # have allowed what this one refuses, and sampling changes nothing).
+  args = TrainConfig()
   for key, value in record["args"].items():
     setattr(args, key, value)
   tok = load_tokenizer(tokenizer or args.tokenizer)
@@ -72,8 +76,8 @@ def load_run(
       f"tokenizer {tok.name} ({tok.vocab_size} ids) is not the run's "
       f"{saved['name']} ({saved['vocab_size']} ids)"
     )
-  config = train.model_config(args, tok)
-  if train.run_record(args, config, tok)["model"] != record["model"]:
+  config = model_config(args, tok)
+  if run_record(args, config, tok)["model"] != record["model"]:
     raise ValueError(
       f"checkpoint {ckpt_dir}/{step} was made by another model config than "
       f"this code builds for --model {args.model}"

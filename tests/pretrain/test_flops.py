@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-import train
 from models import llama
 from pretrain import flops
+from pretrain.step import cross_entropy
 
 
 @pytest.mark.parametrize("n_kv_heads", [None, 2])
@@ -26,7 +26,7 @@ def test_flops_per_token_matches_xla_count_of_the_training_step(n_kv_heads):
 
   def loss(params, tokens):
     logits = nnx.merge(graphdef, nnx.State(params))(tokens)
-    return train.cross_entropy(logits, tokens)
+    return cross_entropy(logits, tokens)
 
   cost = jax.jit(jax.grad(loss)).lower(params, tokens).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost

@@ -8,7 +8,8 @@ import sysconfig
 
 import pytest
 
-import train
+from pretrain.cli import parse_args
+from pretrain.trainer import train
 
 DATA = os.path.join(sysconfig.get_paths()["stdlib"], "json")
 
@@ -36,13 +37,13 @@ def read_scalars(logdir) -> dict:
 
 def test_tensorboard_holds_the_logged_losses(tmp_path):
   pytest.importorskip("tensorboardX")
-  args = train.parse_args(
+  args = parse_args(
     ["--data", DATA, "--steps", "4", "--batch-size", "8", "--seq-len", "32"]
     + ["--eval-every", "2", "--eval-batches", "1", "--log-every", "1"]
     + ["--ckpt-every", "0", "--no-progress", "--tensorboard"]
     + ["--run-dir", str(tmp_path)]
   )
-  summary = train.train(args)
+  summary = train(args)
   assert summary["tensorboard"] == str(tmp_path / "tensorboard")
   scalars = read_scalars(summary["tensorboard"])
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()

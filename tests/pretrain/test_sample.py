@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-import train
 from pretrain import sample
+from pretrain.cli import parse_args
+from pretrain.trainer import train
 
 PHRASE = "the quick brown fox jumps over the lazy dog. "
 PROMPT = "the quick brown"
@@ -18,8 +19,8 @@ def memorized_run(tmp_path_factory):
   data = tmp / "fox.txt"
   data.write_text(PHRASE * 1500)
   run_dir = tmp / "run"
-  summary = train.train(
-    train.parse_args(
+  summary = train(
+    parse_args(
       [
         "--data",
         str(data),

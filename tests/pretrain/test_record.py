@@ -1,0 +1,16 @@
+"""The run record: what it says about a run, and what a resume compares."""
+
+from __future__ import annotations
+
+from pretrain.cli import parse_args
+from pretrain.record import library_defaults
+
+
+def test_run_record_names_swans_default_whitening_so_a_changed_default_is_noted():
+  # A run recorded before the default changed holds None; a resume now records
+  # the resolved mode, so Checkpoints notes "swan_whiten None -> fast".
+  args = parse_args(["--optimizer", "swan"])
+  assert library_defaults(args) == {"swan_whiten": "fast"}
+  explicit = parse_args(["--optimizer", "swan", "--swan-whiten", "exact"])
+  assert library_defaults(explicit) == {}
+  assert library_defaults(parse_args(["--optimizer", "sinkgd"])) == {}
