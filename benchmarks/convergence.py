@@ -308,7 +308,11 @@ def step_times(history: list[dict], eval_every: int) -> list[float]:
     h["step"]: h["time_s"] - prev["time_s"]
     for prev, h in zip(history, history[1:])
   }
-  after_eval = {s for s in durations if eval_every and s % eval_every == 0}
+  # History steps count completed updates: step s ran right after the
+  # evaluation at s - 1.
+  after_eval = {
+    s for s in durations if eval_every and (s - 1) % eval_every == 0
+  }
   clean = [d for s, d in durations.items() if s not in after_eval]
   median = statistics.median(clean or list(durations.values()) or [0.0])
   return [

@@ -22,18 +22,26 @@ Safety kept on top of orbax, which never deletes anything but the old steps that
   threads are shut down, so the run ends instead of hanging;
 - orbax's temporary directories left by an interrupted save are moved aside to
   `<dir>.unfinished/` when the run resumes (orbax would delete them);
-- on restore every array is checked against its checksum; a step that cannot be read
-  or does not match is moved aside to `<dir>.damaged/` with a note naming it, and
-  the next older step is tried.
+- on restore every array is checked against its checksum; a step with a file that
+  cannot be read or an array that does not match is moved aside to `<dir>.damaged/`
+  with a note naming it, and the next older step is tried. Any other error (a
+  request that does not fit the checkpoint, a bug) is reported as what it is and
+  moves nothing: a healthy checkpoint is never called damaged;
+- orbax's own log (its tracebacks of a failed save run to hundreds of lines) goes
+  to `<dir>/orbax.log` while the run has its checkpoints open, and our one line
+  names that file.
 
 Paths go through `etils.epath`, as orbax's do, so `gs://` directories work too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +53,84 @@ from pretrain import record
 from pretrain.errors import SaveError
 
 ITEMS = ("state", "run", "checksums")
+
+
+class _Mismatch(ValueError):
+  """What was read does not match its checksum: damage."""
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether `error` says that a file of a checkpoint is missing, cut short or
+  garbled (or does not match its checksum), rather than that the request or
+  the program is wrong.
+
+  Orbax reports tensorstore's read failures ("Error reading ... in OCDBT
+  database") as ValueErrors, so those are recognized by their words; any
+  OSError or decoding error in the chain counts too.
+  """
+  while error is not None:
+    if isinstance(
+      error, _Mismatch | OSError | json.JSONDecodeError | UnicodeDecodeError
+    ):
+      return True
+    text = str(error).lower()
+    if "error reading" in text or "error while reading" in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+# ------------------------------------------------------------------ orbax's log
+
+ORBAX_LOG = "orbax.log"
+
+
+class _OrbaxLog(logging.Filter):
+  """Takes orbax's records off the "absl" logger, whose handlers would print
+  them (with their tracebacks) to stderr, into the file `path`, opened at the
+  first record; with `path` None, records below ERROR are dropped (the notices
+  that opening a checkpoint read-only gives) and the rest pass."""
+
+  def __init__(self, path: str | None):
+    super().__init__()
+    self.path = path
+    self.records = 0
+    self._handler = None
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    if self.path is None:
+      return record.levelno >= logging.ERROR
+    if self._handler is None:
+      self._handler = logging.FileHandler(self.path)
+      self._handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+      )
+    self._handler.handle(record)
+    self.records += 1
+    return False
+
+  def close(self) -> None:
+    logging.getLogger("absl").removeFilter(self)
+    if self._handler is not None:
+      self._handler.close()
+
+
+def _log_orbax_to(path: str | None) -> _OrbaxLog:
+  log = _OrbaxLog(path)
+  logging.getLogger("absl").addFilter(log)
+  return log
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax's notices dropped while reading: a tool's output stays its own."""
+  log = _log_orbax_to(None)
+  try:
+    yield
+  finally:
+    log.close()
 
 
 # ------------------------------------------------------------------ checksums
@@ -156,6 +242,7 @@ def _manager(directory: str, keep: int, *, read_only: bool = False):
   options = dict(
     create=not read_only,
     read_only=read_only,
+    save_interval_steps=0 if read_only else 1,
     step_name_format=_OwnSteps(),
     # The step directory is created in `save()` itself, not in the background:
     # when that fails (a file in the way, no permission, no space), orbax's
@@ -225,6 +312,7 @@ class Checkpoints:
     self._manager = None
     self._pending_step = None  # saved, maybe not yet committed
     self._damaged: dict[int, str] = {}  # step: why, to move aside in open()
+    self._orbax_log = None
     steps = complete_steps(self._path)
     self._unfinished = _unfinished(self._path)
     if not resume and (steps or self._unfinished):
@@ -243,7 +331,9 @@ class Checkpoints:
       try:
         saved = _read_run_record(self._path, step)
         break
-      except Exception as e:  # unreadable or altered: damaged
+      except Exception as e:
+        if not is_damage(e):
+          raise _not_damage(step, directory, e) from None
         self._damaged[step] = f"run record: {_one_line(e)}"
     if steps and saved is None:
       raise ValueError(
@@ -258,6 +348,11 @@ class Checkpoints:
 
   def _check_same_run(self, directory, saved: dict) -> None:
     self.notes += record.resume_notes(saved, self.run_record, directory)
+
+  def reached_preemption(self, step: int) -> bool:
+    """Orbax's answer: has every process reached JAX's preemption sync point
+    at `step`? (False on one process, or with the service off.)"""
+    return bool(self._manager.reached_preemption(step))
 
   def read_run_record(self, step: int) -> dict:
     return read_run_record(self._path, step)
@@ -274,7 +369,17 @@ class Checkpoints:
       self._move_aside(self._unfinished, ".unfinished")
     for step, why in sorted(self._damaged.items(), reverse=True):
       self._set_aside_damaged(step, why)
+    self._orbax_log = _log_orbax_to(self._orbax_log_path())
     self._manager = _manager(self.directory, self._keep)
+
+  def _orbax_log_path(self) -> str | None:
+    if "://" in self.directory:
+      return None  # a remote directory: orbax's notices are dropped
+    name = ORBAX_LOG
+    if jax.process_index() > 0:
+      name = f"orbax.process_{jax.process_index()}.log"
+    os.makedirs(self.directory, exist_ok=True)
+    return os.path.join(self.directory, name)
 
   def _set_aside_damaged(self, step: int, why: str) -> None:
     self.notes.append(
@@ -330,7 +435,7 @@ class Checkpoints:
 
   def _restore_verified(self, step: int, abstract_state):
     """(state, None) if `step` reads and matches its checksums, else (None, why)."""
-    state, why = None, None
+    state, why, error = None, None, None
     try:
       restored = self._manager.restore(
         step,
@@ -340,9 +445,21 @@ class Checkpoints:
         ),
       )
       state, expected = restored["state"], restored["checksums"]["state"]
-    except Exception as e:  # a truncated or garbled file, a missing item
-      why = f"read error: {_one_line(e)}"
-    if not _all_processes(why is None):
+    except Exception as e:
+      if is_damage(e):  # a truncated or garbled file, a missing item
+        why = f"read error: {_one_line(e)}"
+      else:
+        error = e
+    # 0: read, 1: damaged, 2: failed otherwise; the worst on any process.
+    worst = _worst_of_processes(2 if error else int(why is not None))
+    if worst == 2:
+      if error is None:
+        raise ValueError(
+          f"cannot restore checkpoint step {step} of {self.directory}: it "
+          f"failed on another process"
+        )
+      raise _not_damage(step, self.directory, error) from None
+    if worst == 1:
       return None, why or "read error on another process"
     found = tree_checksums(state)
     bad = [k for k in found if expected.get(k) != found[k]]
@@ -387,11 +504,13 @@ class Checkpoints:
     Raises:
       SaveError: the last save failed.
     """
-    if self._manager is None:
-      return
-    self._wait(self._pending_step)
-    self._manager.close()
-    self._manager = None
+    if self._manager is not None:
+      self._wait(self._pending_step)
+      self._manager.close()
+      self._manager = None
+    if self._orbax_log is not None:
+      self._orbax_log.close()
+      self._orbax_log = None
 
   def _wait(self, step: int | None) -> None:
     """Waits for the save of `step` (None: none pending) to be committed."""
@@ -420,9 +539,13 @@ class Checkpoints:
       if self._last_committed is not None
       else "no checkpoint was saved"
     )
+    log = self._orbax_log
+    orbax = (
+      f" (orbax's log: {log.path})" if log is not None and log.records else ""
+    )
     return (
       f"saving checkpoint step {step} to {self.directory} failed "
-      f"({_one_line(error)}); stopped, {kept}"
+      f"({_one_line(error)}); stopped, {kept}{orbax}"
     )
 
 
@@ -433,9 +556,12 @@ def read_run_record(directory, step: int) -> dict:
   Raises:
     ValueError: it is missing, unreadable or does not match its checksum.
   """
+  directory = _absolute(directory)
   try:
     return _read_run_record(directory, step)
-  except Exception as e:  # any read error: unreadable, hence damaged
+  except Exception as e:
+    if not is_damage(e):
+      raise _not_damage(step, directory, e) from None
     raise ValueError(
       f"checkpoint step {step} of {directory} has no intact run record "
       f"({_one_line(e)})"
@@ -443,20 +569,35 @@ def read_run_record(directory, step: int) -> dict:
 
 
 def _read_run_record(directory, step: int) -> dict:
-  reader = _manager(str(directory), 0, read_only=True)
-  try:
-    items = reader.restore(
-      step,
-      args=ocp.args.Composite(
-        run=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()
-      ),
-    )
-  finally:
-    reader.close()
+  with _quiet_orbax():
+    reader = _manager(str(directory), 0, read_only=True)
+    try:
+      items = reader.restore(
+        step,
+        args=ocp.args.Composite(
+          run=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()
+        ),
+      )
+    finally:
+      reader.close()
   record, sums = items["run"], items["checksums"]
   if sums.get("run") != record_checksum(record):
-    raise ValueError("run record does not match its checksum")
+    raise _Mismatch("run record does not match its checksum")
   return record
+
+
+def _absolute(directory) -> str:
+  """Orbax takes absolute paths only ("Checkpoint path should be absolute")."""
+  if "://" in str(directory):
+    return str(directory)
+  return os.path.abspath(directory)
+
+
+def _not_damage(step: int, directory, error: Exception) -> ValueError:
+  return ValueError(
+    f"cannot read checkpoint step {step} of {directory} ({_one_line(error)}); "
+    f"this is not damage to the checkpoint, which is left as it is"
+  )
 
 
 def restore_params(directory, step: int, abstract_params):
@@ -465,32 +606,39 @@ def restore_params(directory, step: int, abstract_params):
 
   For tools that read a run (sampling, evaluation): the optimizer state is not
   read, and nothing in `directory` is written or moved, so a run may be
-  training and saving there meanwhile.
+  training and saving there meanwhile. `directory` may be relative.
 
   Raises:
-    ValueError: the parameters cannot be read or do not match their checksums.
+    ValueError: no such step; the step is damaged (a file that cannot be read,
+      a checksum mismatch: the message says "is damaged"); or reading it failed
+      otherwise (e.g. `abstract_params` of another model), said as such.
   """
-  if "://" not in str(directory):  # orbax refuses relative paths
-    directory = epath.Path(directory).absolute()
+  directory = _absolute(directory)
+  step_dir = epath.Path(directory) / str(step)
+  if not step_dir.is_dir():
+    raise ValueError(f"there is no checkpoint step {step} in {directory}")
   item = {"params": abstract_params}
   try:
-    with ocp.PyTreeCheckpointer() as checkpointer:
-      restored = checkpointer.restore(
-        epath.Path(directory) / str(step) / "state",
-        args=ocp.args.PyTreeRestore(
-          item=item,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-          partial_restore=True,
-        ),
-      )
-    reader = _manager(str(directory), 0, read_only=True)
-    try:
-      sums = reader.restore(
-        step, args=ocp.args.Composite(checksums=ocp.args.JsonRestore())
-      )["checksums"]["state"]
-    finally:
-      reader.close()
+    with _quiet_orbax():
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(
+          step_dir / "state",
+          args=ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+          ),
+        )
+      reader = _manager(directory, 0, read_only=True)
+      try:
+        sums = reader.restore(
+          step, args=ocp.args.Composite(checksums=ocp.args.JsonRestore())
+        )["checksums"]["state"]
+      finally:
+        reader.close()
   except Exception as e:
+    if not is_damage(e):
+      raise _not_damage(step, directory, e) from None
     raise ValueError(
       f"checkpoint step {step} of {directory} is damaged (read error: "
       f"{_one_line(e)})"
@@ -505,13 +653,13 @@ def restore_params(directory, step: int, abstract_params):
   return restored["params"]
 
 
-def _all_processes(ok: bool) -> bool:
-  """True on every process if `ok` is True on every process."""
+def _worst_of_processes(code: int) -> int:
+  """The largest of `code` over every process."""
   if jax.process_count() == 1:
-    return ok
+    return code
   from jax.experimental import multihost_utils
 
-  return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+  return int(np.max(multihost_utils.process_allgather(np.array(code))))
 
 
 def _one_line(error: Exception) -> str:

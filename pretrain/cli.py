@@ -16,7 +16,14 @@ import sys
 
 from pretrain.checkpoint import SaveError
 from pretrain.config import GROUPS, TrainConfig, field_type, flag_name
-from pretrain.errors import ConfigError, ExitCode, NonFiniteLossError
+from pretrain.errors import (
+  ConfigError,
+  ExitCode,
+  InUseError,
+  NonFiniteLossError,
+  OutputError,
+  Stopped,
+)
 
 PROG = "train.py"
 DESCRIPTION = (
@@ -67,7 +74,9 @@ def parse_args(argv=None, prog: str = PROG) -> TrainConfig:
 def main(argv=None, prog: str = PROG) -> int:
   """Trains as the command line says; returns an `ExitCode`: 0 on success, 1
   on bad input (2 for a bad flag or value), 3 when training diverged, 4 when
-  a checkpoint could not be saved, 130 when interrupted."""
+  a checkpoint could not be saved, 5 when the metrics could not be written,
+  6 when another run holds the run directory, 130 / 143 when SIGINT / SIGTERM
+  stopped the run (after saving its step)."""
   from pretrain.trainer import train  # after the flags: --help stays fast
 
   try:
@@ -75,7 +84,7 @@ def main(argv=None, prog: str = PROG) -> int:
   except SystemExit as e:  # --help, or a flag error already printed on one line
     return int(e.code or 0)
   try:
-    train(config)
+    train(config, prog=prog)
   except ValueError as e:
     if os.environ.get("TRAIN_TRACEBACK"):
       raise
@@ -84,6 +93,13 @@ def main(argv=None, prog: str = PROG) -> int:
     return _fail(prog, e, ExitCode.DIVERGED)
   except SaveError as e:
     return _fail(prog, e, ExitCode.SAVE_FAILED)
+  except OutputError as e:
+    return _fail(prog, e, ExitCode.OUTPUT_FAILED)
+  except InUseError as e:
+    return _fail(prog, e, ExitCode.IN_USE)
+  except Stopped as e:
+    print(f"{prog}: {e}", file=sys.stderr)
+    return ExitCode(e.code)
   except KeyboardInterrupt:
     print(
       f"{prog}: interrupted; saved checkpoints are kept (continue with --resume)",

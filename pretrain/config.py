@@ -384,9 +384,10 @@ class TrainConfig:
   )
   inject_nan_at: int | None = _flag(
     None,
-    "testing aid: make the loss at STEP NaN",
+    "testing aid: make the loss of step STEP (the STEP-th update, as "
+    "metrics and checkpoints count) NaN",
     group="outputs",
-    bounds=AT_LEAST_0,
+    bounds=AT_LEAST_1,
     metavar="STEP",
   )
   # devices

@@ -14,8 +14,10 @@ Data specs understood by `load_corpus`:
                         extensions (`TEXT_EXTENSIONS`), skipping hidden entries; a glob
                         takes every file it matches.
     PATH.bin[:uint32]   a pre-tokenized flat array of token ids (nanoGPT's format),
-                        uint16 unless `:uint32` is appended. It is memory-mapped, not
-                        read. A sibling `val.bin` is the validation split.
+                        uint16 unless `:uint32` is appended. It is memory-mapped;
+                        its ids are checked against the vocabulary once, in chunks
+                        (the largest is cached in PATH.bin.max_id.json). A sibling
+                        `val.bin` is the validation split.
     hf:NAME[:CONFIG]    a Hugging Face dataset (e.g. `hf:allenai/c4:en`), streamed from
                         its "train" split, field "text". Needs `datasets` and network.
 
@@ -26,10 +28,12 @@ most once (stepping past one epoch is an error, not a second epoch).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
 import importlib.util
+import json
 import math
 import os
 import sysconfig
@@ -395,25 +399,100 @@ def _memmap(path: str, dtype) -> np.ndarray:
   return np.memmap(path, dtype=dtype, mode="r")
 
 
+# Tokens read per vectorized max when a .bin file is checked: memory stays
+# flat however big the file (2^24 uint16 ids are 32 MiB).
+CHECK_CHUNK_TOKENS = 1 << 24
+# Next to `x.bin`: the largest id of the file as of its size and mtime, so
+# that checking a multi-GB file once is enough.
+MAX_ID_SUFFIX = ".max_id.json"
+
+
+def _scan_ids(tokens: np.ndarray, vocab_size: int) -> tuple[int, int | None]:
+  """(largest id, index of the first id >= vocab_size or None), read in
+  chunks of `CHECK_CHUNK_TOKENS`."""
+  largest, first_bad = 0, None
+  for start in range(0, len(tokens), CHECK_CHUNK_TOKENS):
+    chunk = np.asarray(tokens[start : start + CHECK_CHUNK_TOKENS])
+    top = int(chunk.max())
+    if top >= vocab_size and first_bad is None:
+      first_bad = start + int(np.argmax(chunk >= vocab_size))
+    largest = max(largest, top)
+  return largest, first_bad
+
+
+def _cached_max_id(path: str, dtype) -> int | None:
+  """The largest id recorded for `path` as it is now (size, mtime), or None."""
+  st = os.stat(path)
+  try:
+    with open(path + MAX_ID_SUFFIX) as f:
+      cached = json.load(f)
+    if all(cached[k] == v for k, v in _file_key(st, dtype).items()):
+      return int(cached["max_id"])
+  except (OSError, ValueError, TypeError, KeyError):
+    pass
+  return None
+
+
+def _file_key(st: os.stat_result, dtype) -> dict:
+  return {
+    "size": st.st_size,
+    "mtime_ns": st.st_mtime_ns,
+    "dtype": np.dtype(dtype).name,
+  }
+
+
+def _record_max_id(path: str, dtype, st: os.stat_result, max_id: int) -> None:
+  """Writes the cache next to `path` (atomically); a directory that cannot be
+  written just means the next run checks the file again."""
+  record = {**_file_key(st, dtype), "max_id": max_id}
+  tmp = f"{path}{MAX_ID_SUFFIX}.{os.getpid()}.tmp"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(record, f)
+    os.replace(tmp, path + MAX_ID_SUFFIX)
+  except OSError:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+
+
+def check_token_ids(path: str, tokens: np.ndarray, tokenizer) -> None:
+  """Raises ValueError unless every id of the .bin file `path` (memory-mapped
+  as `tokens`) is below the tokenizer's vocabulary size.
+
+  The whole file is read once, then its largest id is cached next to it
+  (`MAX_ID_SUFFIX`, keyed by size, mtime and dtype); an id out of range would
+  otherwise be a one-hot of zeros, a target silently counted as loss 0.
+  """
+  vocab = tokenizer.vocab_size
+  dtype = tokens.dtype
+  max_id = _cached_max_id(path, dtype)
+  if max_id is not None and max_id < vocab:
+    return
+  st = os.stat(path)
+  max_id, first_bad = _scan_ids(tokens, vocab)
+  _record_max_id(path, dtype, st, max_id)
+  if first_bad is not None:
+    raise ValueError(
+      f"data {path} holds token id {int(tokens[first_bad])} at token "
+      f"{first_bad} (byte {first_bad * dtype.itemsize}), outside the "
+      f"vocabulary of tokenizer {tokenizer.name!r} ({vocab}): pass the "
+      f"tokenizer it was made with"
+    )
+
+
 def _load_bin(
   path: str, dtype, tokenizer: Tokenizer, *, val_fraction: float
 ) -> Corpus:
   tokens = _memmap(path, dtype)
+  check_token_ids(path, tokens, tokenizer)
   val_path = os.path.join(os.path.dirname(path), "val.bin")
   if os.path.isfile(val_path) and not os.path.samefile(val_path, path):
     train, val = tokens, _memmap(val_path, dtype)
+    check_token_ids(val_path, val, tokenizer)
     split = "val = val.bin"
   else:
     train, val = _split_tail(tokens, val_fraction)
     split = "val = tail"
-  # Reading all of a multi-GB train.bin to find its largest id would take minutes;
-  # a prefix catches the common mistake (a GPT-2 .bin read with the byte tokenizer).
-  checked = max(int(train[: 1 << 24].max()), int(val.max()) if len(val) else 0)
-  if checked >= tokenizer.vocab_size:
-    raise ValueError(
-      f"data {path} holds token id {checked}, outside the vocabulary of tokenizer "
-      f"{tokenizer.name!r} ({tokenizer.vocab_size}): pass the tokenizer it was made with"
-    )
   return Corpus(
     train=train,
     val=val,

@@ -19,7 +19,10 @@ class ExitCode(enum.IntEnum):
   BAD_FLAG = 2  # a flag that does not parse, or a value outside its bounds
   DIVERGED = 3  # the loss, gradient or parameters went NaN/Inf
   SAVE_FAILED = 4  # a checkpoint could not be written
-  INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+  OUTPUT_FAILED = 5  # the metrics could not be written (a full disk)
+  IN_USE = 6  # another process holds the run directory's lock
+  INTERRUPTED = 130  # SIGINT (128 + 2): stopped after saving its step
+  TERMINATED = 143  # SIGTERM (128 + 15), e.g. a preemption: likewise
 
 
 class ConfigError(ValueError):
@@ -37,3 +40,28 @@ class NonFiniteLossError(RuntimeError):
 
 class SaveError(RuntimeError):
   """A checkpoint save failed; the message is one line naming the step."""
+
+
+class OutputError(RuntimeError):
+  """Writing an output of the run (its metrics) failed, e.g. on a full disk.
+
+  The message is one line; what was written before stays whole.
+  """
+
+
+class InUseError(RuntimeError):
+  """An output of the run is locked by another process; the message is one
+  line naming it and the holder's pid."""
+
+
+class Stopped(RuntimeError):
+  """The run stopped on SIGTERM or SIGINT after saving the step it was in.
+
+  `code` is the exit code (128 + the signal), `summary` the run so far; the
+  message is one line naming the checkpoint saved.
+  """
+
+  def __init__(self, message: str, code: int, summary: dict):
+    super().__init__(message)
+    self.code = code
+    self.summary = summary

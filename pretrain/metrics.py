@@ -16,18 +16,28 @@ is unknown; "peak_memory_bytes" the largest device's peak, null where the backen
 does not report it (CPU). "time_s" is seconds since the run (or its resumption) started, taken when the record is
 made: after the step's update for train records, after the evaluation for eval records.
 
-"step" counts the updates the measured parameters have had: train step s is the loss of
-the batch at data position s, before its update; eval step s is after s updates.
+"step" counts the updates done when the record is made, as checkpoint steps do:
+train step s is the s-th update (its batch is at data position s - 1; the loss
+is measured before the update), eval step s is after s updates. Files written
+before this convention numbered train records from 0 (step s - 1 for the s-th
+update); a resume renumbers their records, found by "tokens" = (step + 1) x
+tokens per step, so the file reads in one convention.
+
+A number that is not finite is written as null (JSON has no NaN or Infinity).
+A write that fails (a full disk) raises `OutputError` after cutting the file
+back to its last whole record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 
+from pretrain.errors import OutputError
 from pretrain.flops import mfu, peak_memory_bytes
 from pretrain.paths import check_writable_dir
 
@@ -38,15 +48,20 @@ class RunLog:
   Args:
     path: the JSONL file, or None for none. On resume (`start > 0`) records past
       `start` are dropped first, so steps replayed after the last checkpoint are not
-      listed twice and the file reads as one run.
-    start: the first step this run takes (0, or the restored checkpoint's step).
+      listed twice and the file reads as one run; lines that are not a record
+      with an integer step are moved to `<path>.unreadable`. At `start = 0` a
+      file that holds records (a run stopped before its first checkpoint, which
+      `check_metrics_file` lets through only with --resume) is moved aside to
+      `<path>.unfinished` (or `.unfinished.N`), never truncated. `notes` says
+      what was moved.
+    start: the updates already done (0, or the restored checkpoint's step).
     steps: the last step + 1.
     tokens_per_step: global batch size x sequence length.
     log_every: write a train record every N steps (and on the first and last).
     enabled: False on every process but 0: nothing is printed or written.
     progress: show a tqdm bar (on stderr).
     tensorboard: a directory for TensorBoard event files, or None for none. On
-      resume, TensorBoard hides the old file's events from `start` on, which
+      resume, TensorBoard hides the old file's events past `start`, which
       the resumed run writes again.
     flops_per_token: training FLOPs per token, for the MFU (None: no MFU).
     peak_flops: peak FLOP/s of one device (None: unknown, no MFU).
@@ -81,15 +96,17 @@ class RunLog:
     self.t0 = time.time()
     self._window = (self.t0, 0)  # (time, tokens) since the last train record
     self._evals_on_file: set[int] = set()
+    self.notes: list[str] = []
     if self.path is not None:
-      self._evals_on_file = _keep_records_before(self.path, start)
+      self._evals_on_file, self.notes = continue_file(
+        self.path, start, tokens_per_step
+      )
     self._tensorboard = None
     if enabled and tensorboard is not None:
       from tensorboardX import SummaryWriter
 
-      self._tensorboard = SummaryWriter(
-        tensorboard, purge_step=start if start > 0 else None
-      )
+      # Events past `start` are hidden: the run writes them again.
+      self._tensorboard = SummaryWriter(tensorboard, purge_step=start + 1)
     self._bar = None
     if enabled and progress:
       from tqdm import tqdm
@@ -113,10 +130,13 @@ class RunLog:
   def train_step(
     self, step: int, *, loss: float, grad_norm: float, lr: float
   ) -> None:
+    """Logs the update of the batch at data position `step` (0-based): its
+    record's step is `step + 1`, the updates done once it is applied."""
     now = time.time()
+    done = step + 1
     self.history.append(
       {
-        "step": step,
+        "step": done,
         "loss": loss,
         "lr": lr,
         "grad_norm": grad_norm,
@@ -126,7 +146,6 @@ class RunLog:
     t_window, tokens = self._window
     tokens += self.tokens_per_step
     self._window = (t_window, tokens)
-    done = step + 1
     if done % self.log_every == 0 or done == self.steps or step == self.start:
       tokens_per_s = tokens / max(now - t_window, 1e-9)
       self._window = (now, 0)
@@ -134,7 +153,7 @@ class RunLog:
       self._write(
         {
           "kind": "train",
-          "step": step,
+          "step": done,
           "loss": loss,
           "lr": lr,
           "grad_norm": grad_norm,
@@ -217,8 +236,13 @@ class RunLog:
 
   def _write(self, record: dict) -> None:
     if self.path is not None:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+      try:
+        append_line(self.path, json_line(record))
+      except OSError as e:
+        raise OutputError(
+          f"writing metrics to {self.path} failed at step {record['step']} "
+          f"({e.strerror or e}); stopped"
+        ) from None
     if self._tensorboard is not None:
       kind = record["kind"]
       for name in _TENSORBOARD_SCALARS[kind]:
@@ -235,43 +259,175 @@ _TENSORBOARD_SCALARS = {
 
 def check_metrics_file(path: str, *, start: int, resume: bool) -> None:
   """Raises ValueError if `RunLog(path, start=start)` could not write `path`, or
-  would drop the records of an earlier run.
+  would set aside the records of an earlier run that --resume does not ask to
+  continue.
 
   A run that starts at step 0 starts a fresh file, so a file that already holds
-  records is refused: continuing it needs a checkpoint to resume from, since the
-  records past the restored step are the ones the resumed run replays.
+  records is refused unless `resume`: with it, a run that left no checkpoint
+  (stopped before its first save) starts again from step 0 and `RunLog` moves
+  its records aside.
   """
   if os.path.isdir(path):
     raise ValueError(f"--metrics {path} is a directory, not a file")
   check_writable_dir(os.path.dirname(os.path.abspath(path)), "--metrics")
-  if start == 0 and os.path.isfile(path) and os.path.getsize(path) > 0:
-    how = (
-      "but there is no checkpoint to continue it from"
-      if resume
-      else "pass --resume to continue that run"
-    )
+  if (
+    start == 0
+    and not resume
+    and os.path.isfile(path)
+    and os.path.getsize(path) > 0
+  ):
     raise ValueError(
-      f"metrics file {path} already holds records of an earlier run; {how}, "
-      f"or choose another --run-dir or --metrics"
+      f"metrics file {path} already holds records of an earlier run; pass "
+      f"--resume to continue that run, or choose another --run-dir or "
+      f"--metrics"
     )
 
 
-def _keep_records_before(path: str, start: int) -> set[int]:
-  """Truncates the file to the records of steps before `start` (all, if start = 0:
-  a fresh run starts a fresh file) and the eval at `start`, which came before its
-  checkpoint. Returns the steps of the evals kept."""
+def json_line(record: dict) -> str:
+  """`record` as one line of standard JSON: a non-finite float is null."""
+
+  def finite(v):
+    if isinstance(v, float) and not math.isfinite(v):
+      return None
+    if isinstance(v, dict):
+      return {k: finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+      return [finite(x) for x in v]
+    return v
+
+  return json.dumps(finite(record), allow_nan=False) + "\n"
+
+
+def append_line(path: str, line: str) -> None:
+  """Appends `line` to `path` in unbuffered writes; on failure, cuts the file
+  back to its size before, so that it never ends in half a record."""
+  data = line.encode()
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    try:
+      while data:
+        data = data[os.write(fd, data) :]
+    except OSError:
+      with contextlib.suppress(OSError):
+        os.ftruncate(fd, size)
+      raise
+  finally:
+    os.close(fd)
+
+
+def _record(line: str) -> dict | None:
+  """The record of one line, or None unless it is a JSON object with an
+  integer step."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  if not isinstance(record, dict):
+    return None
+  step = record.get("step")
+  if not isinstance(step, int) or isinstance(step, bool):
+    return None
+  return record
+
+
+def _free_name(path: str) -> str:
+  n, target = 0, path
+  while os.path.lexists(target):
+    n += 1
+    target = f"{path}.{n}"
+  return target
+
+
+def continue_file(
+  path: str, start: int, tokens_per_step: int
+) -> tuple[set[int], list[str]]:
+  """Prepares the metrics file of a run that has done `start` updates.
+
+  At `start = 0` a file holding records is moved aside whole. Otherwise the
+  records of steps up to `start` stay (the eval at `start` came before its
+  checkpoint), those past it go (the run replays them); old-convention train
+  records are renumbered and lines that are no record move to
+  `<path>.unreadable`. The file is replaced atomically.
+
+  Returns:
+    (steps of the evals kept, notes on what was moved or renumbered).
+
+  Raises:
+    OutputError: the file cannot be rewritten (nothing is lost then).
+  """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  kept = []
-  if start > 0 and os.path.exists(path):
+  exists = os.path.isfile(path) and os.path.getsize(path) > 0
+  if start == 0:
+    if not exists:
+      open(path, "w").close()
+      return set(), []
+    aside = _free_name(path + ".unfinished")
+    _replace(path, aside, rename=True)
+    open(path, "w").close()
+    return set(), [
+      f"no finished checkpoint to resume from: starting at step 0; the "
+      f"earlier records of {path} were moved to {aside}"
+    ]
+  kept, unreadable, renumbered = [], [], 0
+  if exists:
     with open(path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue  # a line cut short by a kill
-        step = record.get("step", 0)
-        if step < start or (record.get("kind") == "eval" and step == start):
-          kept.append(json.dumps(record) + "\n")
-  with open(path, "w") as f:
-    f.writelines(kept)
-  return {r["step"] for r in map(json.loads, kept) if r.get("kind") == "eval"}
+      for number, line in enumerate(f, 1):
+        record = _record(line)
+        if record is None:
+          if line.strip():
+            unreadable.append(
+              (number, line if line.endswith("\n") else line + "\n")
+            )
+          continue
+        if (
+          record.get("kind") == "train"
+          and record.get("tokens") == (record["step"] + 1) * tokens_per_step
+        ):
+          record["step"] += 1  # numbered from 0, before one convention
+          renumbered += 1
+        if record["step"] <= start:
+          kept.append(record)
+  notes = []
+  if unreadable:
+    target = path + ".unreadable"
+    try:
+      with open(target, "a") as f:
+        f.writelines(line for _, line in unreadable)
+    except OSError as e:
+      raise OutputError(
+        f"cannot set aside the unreadable lines of {path} to {target} "
+        f"({e.strerror}); nothing was changed"
+      ) from None
+    numbers = ", ".join(str(n) for n, _ in unreadable[:5])
+    more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+    notes.append(
+      f"{len(unreadable)} unreadable line(s) of {path} (line {numbers}{more}) "
+      f"moved to {target}"
+    )
+  if renumbered:
+    notes.append(
+      f"{renumbered} train record(s) of {path} renumbered to count completed "
+      f"steps (their step + 1), as this version writes them"
+    )
+  tmp = f"{path}.{os.getpid()}.tmp"
+  try:
+    with open(tmp, "w") as f:
+      f.writelines(json_line(r) for r in kept)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise OutputError(
+      f"cannot rewrite {path} to continue it ({e.strerror}); it is unchanged"
+    ) from None
+  _replace(tmp, path)
+  return {r["step"] for r in kept if r.get("kind") == "eval"}, notes
+
+
+def _replace(source: str, target: str, *, rename: bool = False) -> None:
+  try:
+    (os.rename if rename else os.replace)(source, target)
+  except OSError as e:
+    raise OutputError(
+      f"cannot move {source} to {target} ({e.strerror}); it is unchanged"
+    ) from None

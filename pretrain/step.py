@@ -98,7 +98,8 @@ def train_step(
   def loss_fn(params, inputs, targets):
     loss = cross_entropy(nnx.merge(graphdef, params)(inputs), targets)
     if nan_step is not None:
-      loss = jnp.where(state["step"] == nan_step, jnp.nan, loss)
+      # Step s is the s-th update, the one from a state of s - 1 updates.
+      loss = jnp.where(state["step"] + 1 == nan_step, jnp.nan, loss)
     return loss
 
   loss, grads = loss_and_grads(

@@ -11,7 +11,12 @@ exactly what an uninterrupted one would have done.
 Outputs, under `run_dir` (default runs/default): orbax checkpoints in
 `ckpt/<step>/` and `metrics.jsonl` (see pretrain/metrics.py). A directory
 that already holds checkpoints is never overwritten: continue it with
-`resume=True` or pick another.
+`resume=True` or pick another. One run at a time writes them: the run holds
+a lock on them (pretrain/lock.py) from before it writes anything.
+
+On SIGTERM or SIGINT the loop finishes the step it is in, saves it and
+raises `Stopped` (pretrain/preemption.py); `resume=True` continues from there,
+or from step 0 when the run never saved a checkpoint.
 
 Multi-host: one process per host with `coordinator`, `num_processes`,
 `process_id`. Each process loads only its rows of the global batch; process 0
@@ -38,14 +43,21 @@ from models.llama import (
   unsplit_dims,
 )
 from pretrain import mesh as meshlib
-from pretrain.checkpoint import Checkpoints
+from pretrain.checkpoint import Checkpoints, complete_steps
 from pretrain.config import TrainConfig
 from pretrain.data import load_data
-from pretrain.errors import NonFiniteLossError
+from pretrain.errors import (
+  InUseError,
+  NonFiniteLossError,
+  OutputError,
+  Stopped,
+)
 from pretrain.flops import flops_per_token, peak_flops
+from pretrain.lock import RunLocks, lock_targets
 from pretrain.metrics import RunLog, check_metrics_file
 from pretrain.optim import make_optimizer
 from pretrain.paths import check_writable_dir
+from pretrain.preemption import StopRequest, reached_sync_point
 from pretrain.record import run_record
 from pretrain.runtime import build_mesh, model_config, setup_runtime
 from pretrain.state import all_finite, init_state
@@ -85,13 +97,18 @@ class RunSummary(TypedDict):
   evals: list
 
 
-def train(config: TrainConfig) -> RunSummary:
+def train(config: TrainConfig, *, prog: str = "train") -> RunSummary:
   """Runs training as `config` says; returns the summary.
+
+  `prog` starts the lines printed when a signal arrives.
 
   Raises:
     ValueError: bad input, before anything is written.
+    InUseError: another process holds the lock of an output.
     NonFiniteLossError: training diverged (the bad state is never saved).
     SaveError: a checkpoint could not be written.
+    OutputError: the metrics could not be written.
+    Stopped: SIGTERM or SIGINT stopped the run after saving its step.
   """
   setup_runtime(config)
   ckpt_dir = config.ckpt_dir or os.path.join(config.run_dir, "ckpt")
@@ -115,9 +132,72 @@ def train(config: TrainConfig) -> RunSummary:
     raise ValueError(str(e)) from None
   model_cfg = model_config(config, tokenizer)
   ckpt = None
+  uses_ckpt = bool(config.ckpt_every or config.resume)
   if config.ckpt_every:
     check_writable_dir(ckpt_dir, "--ckpt-dir")
-  if config.ckpt_every or config.resume:  # --resume --ckpt-every 0: never save
+  # Locked before the outputs are read, so that what is checked below stays
+  # true while the run writes; released, with what it created, if refused.
+  locks = _lock(
+    lock_targets(
+      config.run_dir,
+      ckpt_dir if uses_ckpt else None,
+      metrics_path,
+      tensorboard_dir,
+    )
+  )
+  try:
+    ckpt, corpus, sampler, val_batches, mesh = _check_inputs(
+      config, tokenizer, model_cfg, ckpt_dir, metrics_path, uses_ckpt
+    )
+  except BaseException:
+    if locks is not None:
+      locks.release(tidy=True)
+    raise
+  try:
+    return _run(
+      config,
+      prog,
+      model_cfg,
+      ckpt,
+      corpus,
+      sampler,
+      val_batches,
+      mesh,
+      metrics_path,
+      tensorboard_dir,
+    )
+  finally:
+    if locks is not None:
+      locks.release()
+
+
+def _lock(targets) -> RunLocks | None:
+  """The run's output locks, taken by process 0 for all; every process
+  raises if that failed."""
+  error, locks = None, None
+  if jax.process_index() == 0:
+    try:
+      locks = RunLocks(targets)
+    except (InUseError, ValueError) as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if int(failed) and error is None:
+      error = InUseError("process 0 could not lock the run's outputs")
+  if error is not None:
+    raise error
+  return locks
+
+
+def _check_inputs(
+  config, tokenizer, model_cfg, ckpt_dir, metrics_path, uses_ckpt
+):
+  """(checkpoints, corpus, sampler, validation batches, mesh), each input
+  checked; raises ValueError before anything is written."""
+  ckpt = None
+  if uses_ckpt:  # --resume --ckpt-every 0: restore, never save
     ckpt = Checkpoints(
       ckpt_dir,
       run_record(config, model_cfg, tokenizer),
@@ -136,7 +216,22 @@ def train(config: TrainConfig) -> RunSummary:
     )
   corpus, sampler, val_batches = load_data(config, tokenizer)
   mesh = build_mesh(config, model_cfg)
+  return ckpt, corpus, sampler, val_batches, mesh
 
+
+def _run(
+  config,
+  prog,
+  model_cfg,
+  ckpt,
+  corpus,
+  sampler,
+  val_batches,
+  mesh,
+  metrics_path,
+  tensorboard_dir,
+) -> RunSummary:
+  """Restore or init, then the loop; the inputs are checked and locked."""
   state, shardings, graphdef, tx, schedule = _init(config, model_cfg, mesh)
   start = 0
   if ckpt is not None:
@@ -165,7 +260,8 @@ def train(config: TrainConfig) -> RunSummary:
     peak_flops=peak_flops(mesh.devices.flat[0]),
     devices=mesh.devices.flat,
   )
-  for note in [*(ckpt.notes if ckpt else ()), *unsplit_dims(model_cfg, mesh)]:
+  notes = [*(ckpt.notes if ckpt else ()), *log.notes]
+  for note in [*notes, *unsplit_dims(model_cfg, mesh)]:
     log.print(f"note: {note}")
   log.print(describe(config, model_cfg, mesh, corpus))
   if start:
@@ -201,53 +297,80 @@ def train(config: TrainConfig) -> RunSummary:
     loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
       raise NonFiniteLossError(
-        f"loss is {loss} (gradient norm {grad_norm}) at step {step}; "
+        f"loss is {loss} (gradient norm {grad_norm}) at step {step + 1}; "
         f"stopped. {last_good(ckpt)}",
         log.summary(),
       )
     log.train_step(step, loss=loss, grad_norm=grad_norm, lr=float(lrs[step]))
 
-  try:
-    with jax.set_mesh(mesh):  # the model pins activation shardings to this mesh
-      # The host runs one step ahead of the device: it dispatches step s, puts
-      # batch s + 1 on the devices and only then reads step s - 1's metrics.
-      pending = None  # (step, metrics) dispatched, not yet read
-      batch = load(start) if start < config.steps else None
-      for step in range(start, config.steps):
-        state, out = step_fn(state, *batch)
-        if step + 1 < config.steps:
-          batch = load(step + 1)
-        if pending is not None:
-          report(*pending)
-        pending = (step, out)
-        done = step + 1
-        evaluating = (
-          val
-          and config.eval_every
-          and done % config.eval_every == 0
-          and done < config.steps
-        )
-        saving = save_every and (done % save_every == 0 or done == config.steps)
-        if evaluating or saving or done == config.steps:
-          # Never evaluate or save a state whose loss has not been checked.
-          report(*pending)
-          pending = None
-        if evaluating:
-          log.eval(done, evaluate(eval_fn, state["params"], val))
-        if saving:
-          if not all_finite(state["params"]):
-            raise NonFiniteLossError(
-              f"parameters are not finite after step {step}; stopped without "
-              f"saving. {last_good(ckpt)}",
-              log.summary(),
-            )
-          ckpt.save(done, state)
-      if val:
-        log.eval(config.steps, evaluate(eval_fn, state["params"], val))
-  finally:
-    log.close()
-    if ckpt is not None:
-      ckpt.close()  # waits for the last save to be committed
+  stop = StopRequest(
+    prog,
+    distributed=jax.process_count() > 1,
+    service=jax.config.jax_enable_preemption_service,
+    reached_preemption=(
+      ckpt.reached_preemption if ckpt is not None else reached_sync_point
+    ),
+    at_once=lambda: _kept(ckpt),
+  )
+  stopped_at, output_error = None, None
+  # Installed until the last save is committed: a second signal during it is
+  # ignored, not a KeyboardInterrupt that abandons it.
+  with stop:
+    try:
+      with jax.set_mesh(mesh):  # the model pins activations to this mesh
+        # The host runs one step ahead of the device: it dispatches step s,
+        # puts batch s + 1 on the devices, then reads step s - 1's metrics.
+        pending = None  # (step, metrics) dispatched, not yet read
+        batch = load(start) if start < config.steps else None
+        for step in range(start, config.steps):
+          state, out = step_fn(state, *batch)
+          if step + 1 < config.steps:
+            batch = load(step + 1)
+          if pending is not None:
+            report(*pending)
+          pending = (step, out)
+          done = step + 1
+          # Asked at every step (the same on every process under
+          # jax.distributed); a stop at the last step just ends the run.
+          stopping = stop.should_stop(done) and done < config.steps
+          evaluating = (
+            val
+            and config.eval_every
+            and done % config.eval_every == 0
+            and done < config.steps
+          )
+          saving = save_every and (
+            done % save_every == 0 or done == config.steps or stopping
+          )
+          if evaluating or saving or stopping or done == config.steps:
+            # Never evaluate or save a state whose loss has not been checked.
+            report(*pending)
+            pending = None
+          if evaluating:
+            log.eval(done, evaluate(eval_fn, state["params"], val))
+          if saving:
+            if not all_finite(state["params"]):
+              raise NonFiniteLossError(
+                f"parameters are not finite after step {done}; stopped "
+                f"without saving. {last_good(ckpt)}",
+                log.summary(),
+              )
+            if stopping:
+              stop.saving_step = done
+            ckpt.save(done, state)
+          if stopping:
+            stopped_at = done
+            break
+        if val and stopped_at is None:
+          log.eval(config.steps, evaluate(eval_fn, state["params"], val))
+    except OutputError as e:  # reported once the checkpoints are closed
+      output_error = e
+    finally:
+      log.close()
+      if ckpt is not None:
+        ckpt.close()  # waits for the last save to be committed
+  if output_error is not None:
+    raise OutputError(f"{output_error}. {last_good(ckpt)}") from None
 
   summary = RunSummary(
     model=config.model,
@@ -262,6 +385,17 @@ def train(config: TrainConfig) -> RunSummary:
     tensorboard=tensorboard_dir,
     **log.summary(),
   )
+  if stopped_at is not None:
+    saved = (
+      f"saved checkpoint {ckpt.directory}/{stopped_at}; continue with --resume"
+      if save_every
+      else "no checkpoint saved (--ckpt-every 0)"
+    )
+    raise Stopped(
+      f"stopped by {stop.name or 'SIGTERM'} after step {stopped_at}: {saved}",
+      stop.exit_code,
+      summary,
+    )
   log.print(closing_line(summary))
   return summary
 
@@ -322,6 +456,16 @@ def closing_line(s: RunSummary) -> str:
   if s["metrics"]:
     line += f" | metrics: {s['metrics']}"
   return line
+
+
+def _kept(ckpt) -> str:
+  """What a run that exits at once keeps: its newest finished checkpoint."""
+  if ckpt is None:
+    return "no checkpoints (--ckpt-every 0)"
+  steps = complete_steps(ckpt.directory)
+  if not steps:
+    return "no checkpoint was finished"
+  return f"last finished checkpoint: {ckpt.directory}/{steps[-1]}"
 
 
 def last_good(ckpt) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pretrain.runs import run
+from tests.pretrain.runs import Run, run, train_losses
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +27,13 @@ def fsdp8(tmp_path_factory):
     "3",
   )
   return summary, tmp
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+  """The losses of the run that the stopped and resumed runs must equal bit
+  for bit: `python train.py` (one device), never stopped."""
+  tmp = tmp_path_factory.mktemp("uninterrupted")
+  done = Run(tmp, "--ckpt-every", "2")
+  assert done.finish() == 0, "".join(done.err)[-2000:]
+  return train_losses(tmp)

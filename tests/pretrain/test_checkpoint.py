@@ -6,6 +6,7 @@ place, a file truncated, a run record garbled, an unrelated numeric folder.
 
 from __future__ import annotations
 
+import errno
 import os
 
 import jax
@@ -14,9 +15,13 @@ import numpy as np
 import pytest
 
 from pretrain.checkpoint import (
+  ORBAX_LOG,
   Checkpoints,
+  SaveError,
   array_checksum,
   complete_steps,
+  read_run_record,
+  restore_params,
   tree_checksums,
 )
 
@@ -245,3 +250,92 @@ def test_no_step_with_an_intact_run_record_is_refused_and_nothing_moves(
     Checkpoints(directory, RECORD, resume=True, keep=0)
   assert "\n" not in str(e.value)
   assert snapshot(directory) == before
+
+
+# ------------------------------------------------------------------ not damage
+
+
+def test_restore_params_reads_a_relative_path_from_another_cwd(
+  tmp_path, monkeypatch
+):
+  save_steps(tmp_path / "run" / "ckpt", [1])
+  monkeypatch.chdir(tmp_path / "run")
+  params = restore_params("ckpt", 1, abstract(make_state(0))["params"])
+  assert_state_equal({"params": params}, {"params": make_state(1)["params"]})
+  assert read_run_record("ckpt", 1) == RECORD
+
+
+def test_restore_params_that_do_not_fit_is_not_called_damage(tmp_path):
+  directory = tmp_path / "ckpt"
+  save_steps(directory, [1])
+  before = snapshot(directory)
+  params = abstract(make_state(0))["params"]
+  sharding = params["big"].sharding
+  wider = dict(
+    params, big=jax.ShapeDtypeStruct((256, 513), jnp.float32, sharding=sharding)
+  )
+  with pytest.raises(ValueError) as e:
+    restore_params(directory, 1, wider)
+  message = str(e.value)
+  assert "damaged" not in message and "is not damage" in message, message
+  assert "(256, 513)" in message and "\n" not in message
+  with pytest.raises(ValueError, match="there is no checkpoint step 7"):
+    restore_params(directory, 7, params)
+  # Real damage is still called so.
+  os.truncate(largest_file(directory / "1"), 10)
+  with pytest.raises(ValueError, match="step 1 of .* is damaged"):
+    restore_params(directory, 1, params)
+  assert snapshot(directory) != before  # (only by our truncation)
+
+
+def test_resume_that_fails_without_damage_moves_nothing(tmp_path):
+  directory = tmp_path / "ckpt"
+  save_steps(directory, [1, 2])
+  before = snapshot(directory)
+  ckpt = Checkpoints(directory, RECORD, resume=True, keep=0)
+  ckpt.open()
+  state = abstract(make_state(0))
+  sharding = state["params"]["big"].sharding
+  state["params"]["big"] = jax.ShapeDtypeStruct(
+    (8, 8), jnp.float32, sharding=sharding
+  )
+  with pytest.raises(ValueError, match="is not damage") as e:
+    ckpt.restore(state)
+  ckpt.close()
+  assert "step 2" in str(e.value)
+  assert snapshot(directory) == before
+  assert not os.path.exists(tmp_path / "ckpt.damaged")
+
+
+# ------------------------------------------------------------------ orbax's log
+
+
+def test_failed_save_puts_orbax_log_in_a_file_and_says_where(
+  tmp_path, monkeypatch, caplog, capfd
+):
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler as h
+
+  save_fn = h.JsonCheckpointHandler._save_fn
+
+  async def full_disk(self, x, directory):  # orbax's background write
+    if directory.parent.name.startswith("2."):  # step 2's temporary dir
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return await save_fn(self, x, directory)
+
+  monkeypatch.setattr(h.JsonCheckpointHandler, "_save_fn", full_disk)
+  directory = tmp_path / "ckpt"
+  ckpt = Checkpoints(directory, RECORD, resume=True, keep=0)
+  ckpt.open()
+  ckpt.save(1, make_state(1))
+  ckpt.save(2, make_state(2))
+  with pytest.raises(SaveError) as e:
+    ckpt.close()
+  log = directory / ORBAX_LOG
+  assert str(e.value).endswith(f"(orbax's log: {log})")
+  assert "\n" not in str(e.value)
+  text = log.read_text()
+  assert "Traceback" in text and "No space left on device" in text
+  # None of it went to the run's own output.
+  assert not [r for r in caplog.records if "orbax" in r.pathname]
+  assert "Traceback" not in capfd.readouterr().err
+  assert complete_steps(directory) == [1]

@@ -53,7 +53,7 @@ def test_python_train_py_runs_and_samples_on_relative_paths_from_another_dir(
   assert "done: 4 steps" in proc.stdout and "val loss" in proc.stdout
   records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
   train_steps = [r["step"] for r in records if r["kind"] == "train"]
-  assert train_steps == [0, 1, 2, 3]
+  assert train_steps == [1, 2, 3, 4]
   assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
   assert all(
     np.isfinite(r["loss"]) and r["tokens_per_s"] > 0

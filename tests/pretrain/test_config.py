@@ -36,7 +36,7 @@ NUMERIC = {
   "eval_every": ([-1], [0, 100]),
   "eval_batches": ([-1], [0, 8]),
   "log_every": ([0, -1], [1, 10]),
-  "inject_nan_at": ([-1], [0, 5]),
+  "inject_nan_at": ([0, -1], [1, 5]),
   "devices": ([0, -2], [1, 8]),
   "cpu_devices": ([0, -2], [1, 8]),
   "num_processes": ([0, -1], [1, 2]),

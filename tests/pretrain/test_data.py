@@ -1,6 +1,7 @@
 """Tests for pretrain.data and pretrain.tokenizer: sources, splits, batches."""
 
 import hashlib
+import json
 import os
 import re
 import sys
@@ -231,6 +232,72 @@ def test_bin_with_ids_beyond_the_vocabulary_is_an_error(tmp_path):
   np.full(10, 50256, dtype=np.uint16).tofile(tmp_path / "gpt2.bin")
   with pytest.raises(ValueError, match="50256.*tokenizer"):
     load_corpus(str(tmp_path / "gpt2.bin"), ByteTokenizer())
+
+
+def test_bin_with_bad_ids_only_deep_in_the_file_names_the_first_offset(
+  tmp_path, monkeypatch
+):
+  # The file is read in chunks of 1000 ids: its bad ids sit in the fourth
+  # chunk, where a check of a prefix (the first 2^24 ids before) never looks.
+  monkeypatch.setattr(data, "CHECK_CHUNK_TOKENS", 1000)
+  tokens = np.arange(5000, dtype=np.uint16) % 256
+  tokens[3456], tokens[4000] = 300, 999
+  tokens.tofile(tmp_path / "deep.bin")
+  with pytest.raises(ValueError) as e:
+    load_corpus(str(tmp_path / "deep.bin"), ByteTokenizer())
+  message = str(e.value)
+  assert "\n" not in message
+  assert "holds token id 300 at token 3456 (byte 6912)" in message
+  assert "'byte' (256)" in message
+
+
+def test_bin_sibling_val_bin_is_checked_whole_too(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "CHECK_CHUNK_TOKENS", 100)
+  (np.arange(1000, dtype=np.uint16) % 256).tofile(tmp_path / "train.bin")
+  val = np.zeros(500, dtype=np.uint16)
+  val[-1] = 256
+  val.tofile(tmp_path / "val.bin")
+  with pytest.raises(
+    ValueError, match=r"val\.bin holds token id 256 at token 499"
+  ):
+    load_corpus(str(tmp_path / "train.bin"), ByteTokenizer())
+
+
+def test_bin_check_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
+  path = tmp_path / "t.bin"
+  (np.arange(3000, dtype=np.uint16) % 200).tofile(path)
+  load_corpus(str(path), ByteTokenizer())
+  cache = json.loads((tmp_path / "t.bin.max_id.json").read_text())
+  assert cache["max_id"] == 199 and cache["size"] == 6000
+
+  def no_scan(*a):
+    raise AssertionError("scanned again")
+
+  with monkeypatch.context() as m:
+    m.setattr(data, "_scan_ids", no_scan)
+    load_corpus(str(path), ByteTokenizer())  # from the cache
+  # Rewritten (same size, a new mtime) with a bad id: checked again.
+  bad = np.arange(3000, dtype=np.uint16) % 200
+  bad[2999] = 4000
+  bad.tofile(path)
+  os.utime(path, ns=(cache["mtime_ns"] + 10**9, cache["mtime_ns"] + 10**9))
+  with pytest.raises(ValueError, match="token id 4000 at token 2999"):
+    load_corpus(str(path), ByteTokenizer())
+
+
+def test_bin_in_a_read_only_directory_is_checked_without_a_cache(
+  tmp_path, monkeypatch
+):
+  path = tmp_path / "t.bin"
+  (np.arange(3000, dtype=np.uint16) % 200).tofile(path)
+
+  def read_only(*a, **k):
+    raise PermissionError(13, "Permission denied")
+
+  monkeypatch.setattr(os, "replace", read_only)
+  c = load_corpus(str(path), ByteTokenizer())
+  assert len(c.train) + len(c.val) == 3000
+  assert sorted(os.listdir(tmp_path)) == ["t.bin"]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,16 @@ import pytest
 from pretrain.checkpoint import complete_steps
 from pretrain.cli import main, parse_args
 from pretrain.trainer import train
-from tests.pretrain.runs import SMALL, STEPS, losses, read_jsonl, run, snapshot
+from tests.pretrain.runs import (
+  SMALL,
+  STEPS,
+  Run,
+  losses,
+  read_jsonl,
+  run,
+  snapshot,
+  train_losses,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +102,7 @@ def test_resume_after_interruption_is_bitwise_identical(fsdp8, tmp_path):
     "3",
   )
   assert resumed["start_step"] == 3
-  assert [h["step"] for h in resumed["history"]] == [3, 4, 5]
+  assert [h["step"] for h in resumed["history"]] == [4, 5, 6]
   np.testing.assert_array_equal(losses(resumed), losses(uninterrupted)[3:])
   assert resumed["final_val_loss"] == uninterrupted["final_val_loss"]
   # The unfinished save was moved aside (never deleted), the user's folder left
@@ -108,7 +117,7 @@ def test_resume_after_interruption_is_bitwise_identical(fsdp8, tmp_path):
   # The metrics file reads as one run: steps 3..5 replayed, not duplicated.
   records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
   assert [r["step"] for r in records if r["kind"] == "train"] == list(
-    range(STEPS)
+    range(1, STEPS + 1)
   )
   assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
 
@@ -174,12 +183,21 @@ def test_metrics_of_an_earlier_run_are_never_truncated(tmp_path, capsys):
   metrics = tmp_path / "metrics.jsonl"
   before = metrics.read_text()
   assert before.count("\n") == STEPS
-  for flags in (["--ckpt-every", "0"], ["--ckpt-every", "0", "--resume"]):
-    code = main(SMALL + ["--run-dir", str(tmp_path), *flags])
-    err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1, err
-    assert "already holds records of an earlier run" in err
-    assert metrics.read_text() == before
+  code = main(SMALL + ["--run-dir", str(tmp_path), "--ckpt-every", "0"])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count("\n") == 1, err
+  assert "already holds records of an earlier run; pass --resume" in err
+  assert metrics.read_text() == before
+  # --resume with no checkpoint to resume: step 0 again, the records aside.
+  code = main(
+    SMALL + ["--run-dir", str(tmp_path), "--ckpt-every", "0", "--resume"]
+  )
+  out = capsys.readouterr().out
+  assert code == 0
+  aside = tmp_path / "metrics.jsonl.unfinished"
+  assert aside.read_text() == before
+  assert f"were moved to {aside}" in out
+  assert metrics.read_text().count("\n") == STEPS
 
 
 @pytest.mark.parametrize(
@@ -267,3 +285,56 @@ def test_a_checkpoint_written_before_the_redesign_resumes_bitwise(tmp_path):
     k: v for k, v in expected["train_loss"].items() if int(k) >= 4
   }
   assert summary["final_val_loss"] == expected["val_loss"]["8"]
+
+
+# ------------------------------------------------------------------ requeue
+# A requeue script passes --resume every time: each way a run can end before
+# its first checkpoint must continue (from step 0, the records set aside).
+
+
+@pytest.mark.parametrize("where", ["log=1", "write=2"])
+def test_run_killed_before_its_first_checkpoint_requeues_with_resume(
+  where, tmp_path, uninterrupted
+):
+  killed = Run(tmp_path, "--ckpt-every", "2", pauses=where)
+  killed.wait_for("paused at")  # after step 1, or during the save of step 2
+  killed.proc.kill()
+  assert killed.finish() == -9
+  # The lock file of the killed run stays; its lock went with the process.
+  assert (tmp_path / ".lock").read_text().split()[0] == str(killed.proc.pid)
+  earlier = (tmp_path / "metrics.jsonl").read_text()
+  assert earlier.count("\n") == int(where[-1])
+  requeued = Run(tmp_path, "--ckpt-every", "2", "--resume")
+  assert requeued.finish() == 0, "".join(requeued.err)[-2000:]
+  out = "".join(requeued.out)
+  metrics, aside = (
+    tmp_path / "metrics.jsonl",
+    tmp_path / "metrics.jsonl.unfinished",
+  )
+  assert (
+    "note: no finished checkpoint to resume from: starting at step 0; the "
+    f"earlier records of {metrics} were moved to {aside}\n"
+  ) in out
+  assert aside.read_text() == earlier
+  if where.startswith("write"):
+    assert "note: moved unfinished saves" in out
+    assert os.listdir(tmp_path / "ckpt.unfinished")
+  assert train_losses(tmp_path) == uninterrupted
+  assert not (tmp_path / ".lock").exists()
+
+
+def test_run_that_diverged_before_its_first_checkpoint_requeues_with_resume(
+  tmp_path, capsys
+):
+  # Step 2's loss NaN: the issue's "NaN exit at step 1", counted from 0 then.
+  flags = SMALL + ["--run-dir", str(tmp_path), "--ckpt-every", "4"]
+  assert main(flags + ["--inject-nan-at", "2"]) == 3
+  assert (
+    "at step 2; stopped. No checkpoint was saved." in capsys.readouterr().err
+  )
+  earlier = (tmp_path / "metrics.jsonl").read_text()
+  assert [r["step"] for r in map(json.loads, earlier.splitlines())] == [1]
+  assert main(flags + ["--resume"]) == 0
+  assert "were moved to" in capsys.readouterr().out
+  assert (tmp_path / "metrics.jsonl.unfinished").read_text() == earlier
+  assert complete_steps(tmp_path / "ckpt") == [4, 6]
