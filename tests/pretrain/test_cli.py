@@ -4,6 +4,7 @@ one-line errors, nothing written on bad input.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 
 from pretrain.checkpoint import complete_steps
-from pretrain.cli import main
+from pretrain.cli import build_parser, main, parse_args
+from pretrain.config import TrainConfig
 from tests.pretrain.runs import REPO, SMALL, read_jsonl, snapshot
 
 
@@ -226,3 +228,28 @@ def test_bad_sinkgd_option_is_one_line_error(flags, message, capsys):
   assert main(SMALL + flags) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and message in err, err
+
+
+def test_the_parser_is_the_config_one_flag_per_field_in_its_group(
+  monkeypatch,
+):
+  for name in (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+  ):
+    monkeypatch.delenv(name, raising=False)
+  parser = build_parser()
+  flags = {
+    a.dest: group.title
+    for group in parser._action_groups
+    for a in group._group_actions
+    if a.dest != "help"
+  }
+  fields = dataclasses.fields(TrainConfig)
+  assert flags == {f.name: f.metadata["group"] for f in fields}
+  assert parse_args([]) == TrainConfig()
+  # Multi-process settings also come from JAX's environment variables.
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("JAX_PROCESS_ID", "1")
+  assert (parse_args([]).num_processes, parse_args([]).process_id) == (2, 1)

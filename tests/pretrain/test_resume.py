@@ -281,8 +281,8 @@ def test_a_checkpoint_written_before_the_redesign_resumes_bitwise(tmp_path):
   )
   summary = train(config)
   assert summary["start_step"] == 4
-  # expected.json numbers the train losses from 0, as metrics did before
-  # steps counted completed updates: its step s is our step s + 1.
+  # expected.json keys train losses by data position, the old convention;
+  # records now count completed updates (position + 1).
   assert {str(h["step"] - 1): h["loss"] for h in summary["history"]} == {
     k: v for k, v in expected["train_loss"].items() if int(k) >= 4
   }
