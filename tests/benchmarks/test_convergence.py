@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from benchmarks import convergence as cv
+from pretrain.cli import parse_args
+from pretrain.runtime import model_config
 
 DATA = os.path.join(sysconfig.get_paths()["stdlib"], "json")
 
@@ -193,9 +195,7 @@ def test_unknown_optimizer_or_orphan_ablation_is_a_usage_error():
 def test_grids_of_the_shape_rules_take_sinkgd_s_step_at_the_tiny_model():
   """Their centre, times the rule's factor at the tiny model's square
   (d_model, d_model) matrices, is sinkgd's centre (to the 3 digits kept)."""
-  config = cv.train.model_config(
-    cv.train.parse_args([]), cv.load_tokenizer(None)
-  )
+  config = model_config(parse_args([]), cv.load_tokenizer(None))
   d = config.d_model
   for variant, base in (
     ("sinkgd_spectral", "sinkgd"),

@@ -7,6 +7,7 @@ import os
 import sysconfig
 
 from benchmarks import width_transfer as wt
+from pretrain.cli import parse_args
 
 DATA = os.path.join(sysconfig.get_paths()["stdlib"], "json")
 
@@ -89,6 +90,6 @@ def test_rule_variants_are_swept_with_their_update_scale_flag():
   for variant in args.optimizers:
     assert getattr(args, f"adam_lr_{variant}") == 3e-2
     argv = wt.cv.train_argv(args, variant, 0.3, 3e-2, 0, DATA, "RUN")
-    config = wt.cv.train.parse_args(argv)
+    config = parse_args(argv)
     assert config.update_scale == variant.split("_")[1]
     assert config.optimizer == variant.split("_")[0]
