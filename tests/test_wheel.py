@@ -182,7 +182,7 @@ def test_installed_wheel_prepares_trains_and_samples_without_a_checkout(
   assert (run_dir / "ckpt" / "3").is_dir()
   records = (run_dir / "metrics.jsonl").read_text().splitlines()
   steps = [r["step"] for r in map(json.loads, records) if r["kind"] == "train"]
-  assert steps == [0, 1, 2]
+  assert steps == [1, 2, 3]  # completed updates, as the checkpoint's 3
 
   out = run(
     bin_ / "mno-sample",

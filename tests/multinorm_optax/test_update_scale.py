@@ -157,10 +157,15 @@ def test_spectral_swan_step_has_operator_norm_sqrt_fan_out_over_fan_in(shape):
   n, m = shape  # Flax (fan_in, fan_out)
   s = np.linalg.svd(np.asarray(u["w"], np.float64), compute_uv=False)
   rank = min(m, n - 1)
-  np.testing.assert_allclose(s[:rank], s[0], rtol=5e-3)  # whitened
+  # Whitened. When the rank is short the Gram matrix's rounded null direction
+  # leaks into the top singular value through the polynomial's large value at
+  # 0: measured 0.25% and 0.57% on two x86 CPUs, so that case is held to 1%;
+  # a full-rank step to 1e-4.
+  rtol = 1e-2 if rank < min(m, n) else 1e-4
+  np.testing.assert_allclose(s[:rank], s[0], rtol=rtol)
   assert s[rank:].max(initial=0.0) < 1e-4 * s[0]
   expected = alpha * lr * math.sqrt(m / n) * math.sqrt(min(m, n) / rank)
-  assert s[0] == pytest.approx(expected, rel=5e-3)
+  assert s[0] == pytest.approx(expected, rel=rtol)
 
 
 @pytest.mark.parametrize("shape", [(48, 16), (16, 48)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pretrain import prepare as prep
-from pretrain.data import load_corpus
+from pretrain.data import MAX_ID_SUFFIX, load_corpus
 from pretrain.tokenizer import ByteTokenizer
 
 
@@ -60,6 +60,7 @@ def test_prepared_bins_read_back_as_the_in_memory_corpus(
     val_fraction=val_fraction,
     progress=False,
   )
+  assert sorted(os.listdir(tmp_path / "out")) == sorted(prep.OUTPUTS)
   in_memory = load_corpus(
     corpus_dir, tokenizer, seed=seed, val_fraction=val_fraction
   )
@@ -76,7 +77,10 @@ def test_prepared_bins_read_back_as_the_in_memory_corpus(
     len(in_memory.val),
   )
   assert meta["dtype"] == np.dtype(dtype).name
-  assert sorted(os.listdir(tmp_path / "out")) == sorted(prep.OUTPUTS)
+  # Loading checked every id once and cached the largest next to each file.
+  assert sorted(os.listdir(tmp_path / "out")) == sorted(
+    [*prep.OUTPUTS, "train.bin" + MAX_ID_SUFFIX, "val.bin" + MAX_ID_SUFFIX]
+  )
 
 
 def test_chunked_tokenization_reports_every_document(corpus_dir):
