@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,11 @@ import optax
 from multinorm_optax import multinorm as mn
 from multinorm_optax import normalizers as norms
 from multinorm_optax import update_scale as us
-from multinorm_optax.layout import DimensionNumbers
+from multinorm_optax.layout import (
+  CanonicalLayout,
+  DimensionNumbers,
+  canonical_layout,
+)
 
 MATRIX = "multinorm"
 ADAM = "adam"
@@ -24,38 +29,113 @@ _ADAM_NAMES = frozenset(
 )
 
 
-def default_param_labels(params) -> Any:
+def _is_adam_by_name(path) -> bool:
+  for key in path:
+    part = jax.tree_util.keystr((key,), simple=True).lower()
+    if part in _ADAM_NAMES or any(s in part for s in _ADAM_SUBSTRINGS):
+      return True
+  return False
+
+
+def matrix_layout(path, leaf, declared) -> CanonicalLayout | None:
+  """A leaf's matrix layout under the label rule, or None: not a known matrix.
+
+  ``declared`` is the leaf's entry of :func:`multinorm.leaf_dimension_numbers`.
+  A leaf has a layout when it has two axes and nothing is declared (Flax's
+  ``(fan_in, fan_out)``), or when a :class:`DimensionNumbers` is declared
+  for it. Every other leaf, in particular one with more than two axes and
+  nothing declared, has None: its axes could be ``(in, heads, head_dim)``,
+  ``(h, w, in, out)`` or ``(layers, in, out)``, and the shape alone does not
+  say which.
+  """
+  shape = tuple(getattr(leaf, "shape", ()))
+  if len(shape) < 2 or declared is mn.SKIP:
+    return None
+  if declared is None:
+    if len(shape) != 2:
+      return None
+    declared = DimensionNumbers(0, 1)
+  name = jax.tree_util.keystr(path, simple=True, separator="/")
+  return canonical_layout(shape, declared, name=f"leaf '{name}'")
+
+
+def default_param_labels(
+  params,
+  dimension_numbers: mn.DimensionNumbersSpec = None,
+  *,
+  min_fan_in: int = 1,
+) -> Any:
   """Labels each leaf ``'multinorm'`` (hidden matrices) or ``'adam'`` (the rest).
 
-  A leaf goes to AdamW when it has fewer than two axes (biases, norm scales,
-  scalars), or when a component of its path names an embedding, the LM head,
-  a norm or a bias: a component containing one of ``embed, lm_head, norm,
-  bias``, or equal to one of ``head, wte, wpe, output, logits, scale,
-  classifier`` (case-insensitive). Everything else with two or more axes is a
-  hidden matrix.
+  A leaf is a hidden matrix, normalized, when all of these hold:
+
+  - its layout is known: it has exactly two axes (Flax's ``(fan_in,
+    fan_out)``) and ``dimension_numbers`` is None, or ``dimension_numbers``
+    declares its layout (a :class:`DimensionNumbers` for it). A leaf with
+    more than two axes and no declared layout (``nnx.Conv``'s ``(h, w, in,
+    out)``, ``nnx.MultiHeadAttention``'s ``(in, heads, head_dim)``, scanned
+    layers, stacked experts) goes to AdamW, as in ``optax.contrib.muon``:
+    normalizing it on guessed axes would be a different optimizer;
+  - no component of its path names an embedding, the LM head, a norm or a
+    bias: a component containing one of ``embed, lm_head, norm, bias``, or
+    equal to one of ``head, wte, wpe, output, logits, scale, classifier``
+    (case-insensitive);
+  - its fan_in (the product of its reduction axes) is at least
+    ``min_fan_in``.
+
+  Everything else (biases, norm scales, scalars, embeddings, the head, and
+  the undeclared leaves above) is ``'adam'``.
+
+  Args:
+    params: a tree of arrays (or anything with a ``shape``), e.g.
+      ``nnx.state(model, nnx.Param)``.
+    dimension_numbers: the layouts the caller declares, as in
+      :func:`multinorm`: None (only 2-D leaves are matrices), one
+      :class:`DimensionNumbers` for every leaf with two or more axes, a tree
+      prefix of them, or a callable ``(path, leaf) -> DimensionNumbers |
+      None``; a leaf declared None goes to AdamW.
+    min_fan_in: matrices with a smaller fan_in go to AdamW (:func:`swan`
+      uses 2: standardizing a row of length 1 gives exactly zero).
+
+  Returns:
+    A tree like ``params`` of ``'multinorm'`` and ``'adam'`` strings.
+
+  Raises:
+    ValueError: naming the leaf path and shape when a declared layout does
+      not fit the leaf.
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from multinorm_optax import default_param_labels
+    >>> from multinorm_optax import DimensionNumbers, default_param_labels
     >>> params = {
     ...     "embed": jnp.zeros((10, 4)),
     ...     "mlp": {"kernel": jnp.zeros((4, 8)), "bias": jnp.zeros(8)},
     ...     "norm": {"scale": jnp.ones(4)},
+    ...     "experts": jnp.zeros((3, 4, 8)),  # (experts, in, out)
     ... }
     >>> print(default_param_labels(params))
-    {'embed': 'adam', 'mlp': {'bias': 'adam', 'kernel': 'multinorm'}, 'norm': {'scale': 'adam'}}
+    {'embed': 'adam', 'experts': 'adam', 'mlp': {'bias': 'adam', 'kernel': 'multinorm'}, 'norm': {'scale': 'adam'}}
+    >>> declared = lambda path, leaf: DimensionNumbers(leaf.ndim - 2, leaf.ndim - 1)
+    >>> print(default_param_labels(params, declared)["experts"])
+    multinorm
   """
 
-  def label(path, leaf) -> str:
-    if len(getattr(leaf, "shape", ())) < 2:
+  def label(path, leaf, declared) -> str:
+    if _is_adam_by_name(path):
       return ADAM
-    for key in path:
-      part = jax.tree_util.keystr((key,), simple=True).lower()
-      if part in _ADAM_NAMES or any(s in part for s in _ADAM_SUBSTRINGS):
-        return ADAM
-    return MATRIX
+    lay = matrix_layout(path, leaf, declared)
+    return ADAM if lay is None or lay.n < min_fan_in else MATRIX
 
-  return jax.tree_util.tree_map_with_path(label, params)
+  return _map_declared(label, params, dimension_numbers)
+
+
+def _map_declared(fn, params, dimension_numbers):
+  """``fn(path, leaf, declared)`` on every leaf, as a tree like ``params``."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  declared = mn.leaf_dimension_numbers(dimension_numbers, params)
+  return treedef.unflatten(
+    [fn(path, x, dn) for (path, x), dn in zip(flat, declared)]
+  )
 
 
 # Path components that exempt a parameter from weight decay whatever its shape.
@@ -143,6 +223,17 @@ def with_update_scale(
     return normalize
   return optax.chain(
     normalize, us.scale_by_shape(rule, dimension_numbers=dimension_numbers)
+  )
+
+
+def _labels_or_default(param_labels, dimension_numbers, min_fan_in=1):
+  """``param_labels``, or :func:`default_param_labels` under the recipe's layouts."""
+  if param_labels is not None:
+    return param_labels
+  return functools.partial(
+    default_param_labels,
+    dimension_numbers=dimension_numbers,
+    min_fan_in=min_fan_in,
   )
 
 
@@ -328,7 +419,7 @@ def sinkgd(
     adam_eps=adam_eps,
     adam_weight_decay=adam_weight_decay,
     weight_decay_mask=weight_decay_mask,
-    param_labels=param_labels,
+    param_labels=_labels_or_default(param_labels, dimension_numbers),
     momentum=momentum,
     nesterov=nesterov,
     momentum_order=momentum_order,
@@ -401,7 +492,9 @@ def swan(
     adam_eps=adam_eps,
     adam_weight_decay=adam_weight_decay,
     weight_decay_mask=weight_decay_mask,
-    param_labels=param_labels,
+    param_labels=_labels_or_default(
+      param_labels, dimension_numbers, min_fan_in=2
+    ),
     momentum=momentum,
     nesterov=nesterov,
     momentum_order=momentum_order,
@@ -418,7 +511,9 @@ _VECTOR_SUBSTRINGS = ("norm", "bias")
 _VECTOR_NAMES = frozenset({"scale"})
 
 
-def stateless_param_labels(params) -> Any:
+def stateless_param_labels(
+  params, dimension_numbers: mn.DimensionNumbersSpec = None
+) -> Any:
   """Labels for :func:`sinkgd_stateless`: ``'multinorm'``, ``'embedding'``, ``'head'`` or ``'vector'``.
 
   Hidden matrices are :func:`default_param_labels`' ``'multinorm'`` leaves.
@@ -427,7 +522,17 @@ def stateless_param_labels(params) -> Any:
   ``'vector'``; then embedding tables (a component containing ``embed`` or
   equal to ``wte`` or ``wpe``) are ``'embedding'``; the other matrices (the
   LM head, ``output``, ``logits``, ``classifier``) are ``'head'``
-  (case-insensitive).
+  (case-insensitive) when their layout is known, as for the hidden
+  matrices; a leaf with more than two axes and no declared layout is
+  ``'vector'``: sign descent is elementwise and needs no layout.
+
+  Args:
+    params: a tree of arrays (or anything with a ``shape``).
+    dimension_numbers: the layouts the caller declares, see
+      :func:`default_param_labels`.
+
+  Returns:
+    A tree like ``params`` of the four labels.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -437,14 +542,13 @@ def stateless_param_labels(params) -> Any:
     ...     "mlp": {"kernel": jnp.zeros((4, 8))},
     ...     "norm": {"scale": jnp.ones(4)},
     ...     "lm_head": {"kernel": jnp.zeros((4, 10))},
+    ...     "conv": {"kernel": jnp.zeros((3, 3, 4, 8))},  # nothing declared
     ... }
     >>> print(stateless_param_labels(params))
-    {'embed': {'embedding': 'embedding'}, 'lm_head': {'kernel': 'head'}, 'mlp': {'kernel': 'multinorm'}, 'norm': {'scale': 'vector'}}
+    {'conv': {'kernel': 'vector'}, 'embed': {'embedding': 'embedding'}, 'lm_head': {'kernel': 'head'}, 'mlp': {'kernel': 'multinorm'}, 'norm': {'scale': 'vector'}}
   """
 
-  def label(path, leaf, default) -> str:
-    if default == MATRIX:
-      return MATRIX
+  def label(path, leaf, declared) -> str:
     parts = [jax.tree_util.keystr((k,), simple=True).lower() for k in path]
     if len(getattr(leaf, "shape", ())) < 2 or any(
       p in _VECTOR_NAMES or any(s in p for s in _VECTOR_SUBSTRINGS)
@@ -455,12 +559,12 @@ def stateless_param_labels(params) -> Any:
       p in _EMBEDDING_NAMES or any(s in p for s in _EMBEDDING_SUBSTRINGS)
       for p in parts
     ):
-      return EMBEDDING
-    return HEAD
+      return EMBEDDING  # read as (tokens, features...), nothing to declare
+    if matrix_layout(path, leaf, declared) is None:
+      return VECTOR
+    return HEAD if _is_adam_by_name(path) else MATRIX
 
-  return jax.tree_util.tree_map_with_path(
-    label, params, default_param_labels(params)
-  )
+  return _map_declared(label, params, dimension_numbers)
 
 
 def sinkgd_stateless(
@@ -600,5 +704,8 @@ def sinkgd_stateless(
     HEAD: step(sinkhorn(), rest_wd, rest_lr),
     VECTOR: step(optax.scale_by_sign(), rest_wd, rest_lr),
   }
-  labels = stateless_param_labels if param_labels is None else param_labels
-  return optax.partition(groups, labels)
+  if param_labels is None:
+    param_labels = functools.partial(
+      stateless_param_labels, dimension_numbers=dimension_numbers
+    )
+  return optax.partition(groups, param_labels)

@@ -119,6 +119,37 @@ def _check_leaf(name: str, leaf) -> None:
     )
 
 
+# Marks a leaf that the user's spec leaves unchanged, as opposed to None = default.
+SKIP = DimensionNumbers((), ())
+
+
+def leaf_dimension_numbers(spec: DimensionNumbersSpec, tree) -> list:
+  """Each leaf's declared :class:`DimensionNumbers`, in flattening order.
+
+  ``spec`` as in :func:`multinorm`. A leaf gets None when ``spec`` is None
+  (nothing declared: the default layout applies) and ``SKIP`` when the spec
+  maps it to None (leave it unchanged). Nothing is validated here.
+  """
+  leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
+  if spec is None or isinstance(spec, DimensionNumbers):
+    return [spec] * len(leaves_with_path)
+  if callable(spec):
+    # Paths as 'layers/0/attn/q_proj/kernel', as in the error messages.
+    return [
+      spec(jax.tree_util.keystr(p, simple=True, separator="/"), x) or SKIP
+      for p, x in leaves_with_path
+    ]
+  # A tree prefix: broadcast each spec over the subtree below it.
+  is_spec = lambda x: x is None or isinstance(x, DimensionNumbers)
+  broadcast = jax.tree_util.tree_map(
+    lambda dn, sub: jax.tree_util.tree_map(lambda _: dn or SKIP, sub),
+    spec,
+    tree,
+    is_leaf=is_spec,
+  )
+  return jax.tree_util.tree_leaves(broadcast, is_leaf=is_spec)
+
+
 def leaf_layouts(spec: DimensionNumbersSpec, tree) -> list:
   """Each leaf's CanonicalLayout (None: leave it unchanged), in flattening order.
 
@@ -128,34 +159,17 @@ def leaf_layouts(spec: DimensionNumbersSpec, tree) -> list:
       fewer than two axes.
   """
   leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
-  leaves = [x for _, x in leaves_with_path]
-  # Paths as 'layers/0/attn/q_proj/kernel', for callable specs and errors.
   names = [
     jax.tree_util.keystr(p, simple=True, separator="/")
     for p, _ in leaves_with_path
   ]
-  if spec is None or isinstance(spec, DimensionNumbers):
-    specs = [spec] * len(leaves)
-  elif callable(spec):
-    specs = [spec(name, x) or _SKIP for name, x in zip(names, leaves)]
-  else:  # a tree prefix: broadcast each spec over the subtree below it
-    is_spec = lambda x: x is None or isinstance(x, DimensionNumbers)
-    broadcast = jax.tree_util.tree_map(
-      lambda dn, sub: jax.tree_util.tree_map(lambda _: dn or _SKIP, sub),
-      spec,
-      tree,
-      is_leaf=is_spec,
-    )
-    specs = jax.tree_util.tree_leaves(broadcast, is_leaf=is_spec)
+  leaves = [x for _, x in leaves_with_path]
+  specs = leaf_dimension_numbers(spec, tree)
   return [_layout(*args) for args in zip(names, leaves, specs)]
 
 
-# Marks a leaf that the user's spec leaves unchanged, as opposed to None = default.
-_SKIP = DimensionNumbers((), ())
-
-
 def _layout(name: str, leaf, dn) -> layout_lib.CanonicalLayout | None:
-  if dn is _SKIP:
+  if dn is SKIP:
     return None
   if dn is None:
     dn = layout_lib.default_dimension_numbers(leaf.shape)
