@@ -256,6 +256,7 @@ def multinorm_recipe(
   momentum: float | None = None,
   nesterov: bool = False,
   momentum_order: str = "normalize_then_average",
+  mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Partitions the tree: matrices get ``-alpha*lr * (normalized g + wd * p)``, the rest AdamW.
 
@@ -288,7 +289,9 @@ def multinorm_recipe(
     raise ValueError(f"momentum must be in [0, 1), got {momentum}")
   direction = [scale_by_normalization]
   if momentum is not None:
-    trace = optax.trace(decay=momentum, nesterov=nesterov)
+    trace = optax.trace(
+      decay=momentum, nesterov=nesterov, accumulator_dtype=mu_dtype
+    )
     if momentum_order == "average_then_normalize":
       direction = [trace, scale_by_normalization]
     else:
@@ -307,6 +310,7 @@ def multinorm_recipe(
     if adam_weight_decay is None
     else adam_weight_decay,
     mask=mask,
+    mu_dtype=mu_dtype,
   )
   labels = default_param_labels if param_labels is None else param_labels
   return optax.partition({MATRIX: matrices, ADAM: rest}, labels)
@@ -333,6 +337,7 @@ def sinkgd(
   momentum: float | None = None,
   nesterov: bool = False,
   momentum_order: str = "normalize_then_average",
+  mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""SinkGD, the paper's recipe (Scetbon et al., 2025, Algorithm 3 + Section 5).
 
@@ -372,6 +377,10 @@ def sinkgd(
       ``momentum_order`` ``"normalize_then_average"`` or
       ``"average_then_normalize"``, with ``nesterov``; see
       :func:`multinorm_recipe`.
+    mu_dtype: dtype of AdamW's first moment and of the momentum buffer
+      (None: the parameters' dtype), as ``optax.adamw``'s: e.g. float32
+      moments for bfloat16 parameters. AdamW's second moment keeps the
+      parameters' dtype.
 
   Returns:
     An ``optax.GradientTransformation``; with the defaults its only state is
@@ -423,6 +432,7 @@ def sinkgd(
     momentum=momentum,
     nesterov=nesterov,
     momentum_order=momentum_order,
+    mu_dtype=mu_dtype,
   )
 
 
@@ -446,6 +456,7 @@ def swan(
   momentum: float | None = None,
   nesterov: bool = False,
   momentum_order: str = "normalize_then_average",
+  mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""SWAN (Ma et al., 2024, arXiv 2412.13148) with the same recipe as :func:`sinkgd`.
 
@@ -498,6 +509,7 @@ def swan(
     momentum=momentum,
     nesterov=nesterov,
     momentum_order=momentum_order,
+    mu_dtype=mu_dtype,
   )
 
 
