@@ -104,6 +104,11 @@ def default_param_labels(
     ValueError: naming the leaf path and shape when a declared layout does
       not fit the leaf.
 
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742. (Section 5:
+    normalized hidden matrices, AdamW for the rest)
+
   Examples:
     >>> import jax.numpy as jnp
     >>> from multinorm_optax import DimensionNumbers, default_param_labels
@@ -156,6 +161,19 @@ def default_weight_decay_mask(params, *, decay_embeddings: bool = False) -> Any:
   ``embed`` or equal to ``wte`` or ``wpe``; case-insensitive). Hidden matrices
   and an untied LM head are decayed. nanoGPT does decay its embedding (tied to
   its head); ``decay_embeddings=True`` gives that behaviour.
+
+  Args:
+    params: a tree of arrays (or anything with a ``shape``).
+    decay_embeddings: also decay the embedding tables.
+
+  Returns:
+    A tree like ``params`` of Python booleans, for ``optax.adamw(mask=...)``
+    or the recipes' ``weight_decay_mask``.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742. (the recipe whose groups it
+    masks)
 
   Examples:
     >>> import jax.numpy as jnp
@@ -354,16 +372,31 @@ def sinkgd(
   (:func:`default_weight_decay_mask`) vectors, norm scales and embeddings.
 
   Args:
-    learning_rate: ``eta``, a float or an optax schedule.
-    alpha: the paper's scale of the normalized update relative to Adam's lr (0.05).
+    learning_rate: ``eta``, a float or an optax schedule. The matrices step
+      by ``alpha * eta`` (``alpha * learning_rate``), the AdamW group by
+      ``eta`` unless ``adam_learning_rate`` is given.
+    alpha: the paper's scale of the normalized update relative to
+      ``learning_rate`` (0.05).
     num_iters: ``L``, SR-Sinkhorn rounds (5).
-    weight_decay: decoupled weight decay ``lambda`` for the matrices.
+    weight_decay: decoupled weight decay ``lambda`` of the matrices (times
+      ``alpha * eta``), and of the AdamW group unless ``adam_weight_decay``.
+    adam_learning_rate: the AdamW group's learning rate, a float or a
+      schedule (None: ``learning_rate``; not multiplied by ``alpha``).
+    adam_b1: AdamW's first-moment decay ``beta_1``.
+    adam_b2: AdamW's second-moment decay ``beta_2``.
+    adam_eps: AdamW's ``epsilon``, added to the root of the second moment.
+    adam_weight_decay: the AdamW group's decoupled weight decay (None:
+      ``weight_decay``).
     weight_decay_mask: a tree of booleans like the params, or a callable
       ``params -> booleans``: where weight decay applies (both groups);
       default :func:`default_weight_decay_mask`.
-    param_labels: a tree of ``'multinorm'``/``'adam'`` labels like the params,
-      or a callable ``params -> labels``; default :func:`default_param_labels`.
-    dimension_numbers: fan_in/fan_out axes of the matrices, see :func:`multinorm`.
+    param_labels: a tree of ``'multinorm'``/``'adam'`` labels like the
+      params, or a callable ``params -> labels``; default
+      :func:`default_param_labels` under ``dimension_numbers``.
+    dimension_numbers: the matrices' fan_in/fan_out axes, see
+      :func:`multinorm`. It also declares which leaves with more than two
+      axes are matrices: without it those go to AdamW (the label rule of
+      :func:`default_param_labels`).
     impl: SR-Sinkhorn implementation, see :func:`scale_by_sinkgd`.
     update_scale: ``"rms"`` (the paper's RMS-1 matrix updates), or a
       shape-dependent rule applied after the normalization, ``"spectral"`` or
@@ -373,10 +406,13 @@ def sinkgd(
       per ``(m, n)`` matrix), see :func:`scale_by_sinkgd`.
     overflow_guard: ``"max_abs"`` or ``"on_demand"``, see
       :func:`scale_by_sinkgd`.
-    momentum: ``beta`` of a momentum buffer per matrix (None: none), in
-      ``momentum_order`` ``"normalize_then_average"`` or
-      ``"average_then_normalize"``, with ``nesterov``; see
-      :func:`multinorm_recipe`.
+    momentum: ``beta`` in ``[0, 1)`` of a momentum buffer per matrix (None:
+      no buffer, the paper's stateless recipe); see :func:`multinorm_recipe`.
+    nesterov: with ``momentum``, step along the Nesterov look-ahead
+      (``optax.trace(nesterov=True)``) instead of the buffer.
+    momentum_order: with ``momentum``, ``"normalize_then_average"`` (average
+      the normalized gradients; the step is ``(1 - beta)`` times the buffer)
+      or ``"average_then_normalize"`` (normalize the averaged gradient).
     mu_dtype: dtype of AdamW's first moment and of the momentum buffer
       (None: the parameters' dtype), as ``optax.adamw``'s: e.g. float32
       moments for bfloat16 parameters. AdamW's second moment keeps the
@@ -385,6 +421,10 @@ def sinkgd(
   Returns:
     An ``optax.GradientTransformation``; with the defaults its only state is
     AdamW's for the ``'adam'`` leaves and step counts.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
 
   Examples:
     >>> import jax
@@ -460,14 +500,61 @@ def swan(
 ) -> optax.GradientTransformation:
   r"""SWAN (Ma et al., 2024, arXiv 2412.13148) with the same recipe as :func:`sinkgd`.
 
-  Hidden matrices: ``W <- W - alpha * eta * (swan(G) + lambda W)`` with
-  :func:`scale_by_swan` (GradNorm, then GradWhitening by ``ns_steps``
-  iterations of ``whiten_mode``, see :func:`whiten`; rescaled to RMS 1 when
-  ``rescale``); the rest AdamW. ``update_scale`` as in :func:`sinkgd`
-  (``"spectral"`` gives the whitened update the operator norm
-  ``alpha * eta * sqrt(fan_out / fan_in)`` exactly, when ``rescale``).
-  ``momentum``, ``nesterov``, ``momentum_order``: an optional buffer per
-  matrix, see :func:`multinorm_recipe`.
+  For hidden weight matrices (label ``'multinorm'``), with ``S(G)`` the
+  normalization of :func:`scale_by_swan` (GradNorm, i.e. row
+  standardization, then GradWhitening, rescaled to RMS 1 when ``rescale``):
+
+  .. math:: W \leftarrow W - \alpha\,\eta_t\,(S(G) + \lambda W)
+
+  and AdamW for the rest, exactly as :func:`sinkgd`. Kernels with fan_in 1
+  also go to AdamW: standardizing a row of length 1 gives exactly zero.
+
+  Args:
+    learning_rate: ``eta``, a float or an optax schedule. The matrices step
+      by ``alpha * eta`` (``alpha * learning_rate``), the AdamW group by
+      ``eta`` unless ``adam_learning_rate`` is given.
+    alpha: scale of the normalized update relative to ``learning_rate``
+      (0.05).
+    ns_steps: iterations of the whitening; None for ``whiten_mode``'s
+      default, see :func:`whiten`.
+    rescale: rescale the whitened update to RMS 1 (SWAN's optional
+      rescaling), so learning rates transfer from :func:`sinkgd`.
+    whiten_mode: ``"fast"`` (default), ``"exact"`` or ``"newton_schulz"``,
+      see :func:`whiten`.
+    weight_decay: decoupled weight decay ``lambda`` of the matrices (times
+      ``alpha * eta``), and of the AdamW group unless ``adam_weight_decay``.
+    adam_learning_rate: the AdamW group's learning rate, a float or a
+      schedule (None: ``learning_rate``; not multiplied by ``alpha``).
+    adam_b1: AdamW's first-moment decay ``beta_1``.
+    adam_b2: AdamW's second-moment decay ``beta_2``.
+    adam_eps: AdamW's ``epsilon``, added to the root of the second moment.
+    adam_weight_decay: the AdamW group's decoupled weight decay (None:
+      ``weight_decay``).
+    weight_decay_mask: where weight decay applies, see :func:`sinkgd`.
+    param_labels: a tree of ``'multinorm'``/``'adam'`` labels like the
+      params, or a callable ``params -> labels``; default
+      :func:`default_param_labels` under ``dimension_numbers`` with
+      ``min_fan_in=2``.
+    dimension_numbers: the matrices' fan_in/fan_out axes and which leaves
+      with more than two axes are matrices, see :func:`sinkgd`.
+    update_scale: as in :func:`sinkgd`; ``"spectral"`` gives the whitened
+      update the operator norm ``alpha * eta * sqrt(fan_out / fan_in)``
+      exactly, when ``rescale``.
+    momentum: ``beta`` of an optional buffer per matrix, see :func:`sinkgd`.
+    nesterov: see :func:`sinkgd`.
+    momentum_order: see :func:`sinkgd`.
+    mu_dtype: dtype of AdamW's first moment and of the momentum buffer, see
+      :func:`sinkgd`.
+
+  Returns:
+    An ``optax.GradientTransformation``; with the defaults its only state is
+    AdamW's for the ``'adam'`` leaves and step counts.
+
+  References:
+    Ma, Gong, Scetbon, Meeds, *SWAN: SGD with Normalization and Whitening
+    Enables Stateless LLM Training*, 2024, arXiv 2412.13148.
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
 
   Examples:
     >>> import jax
@@ -545,6 +632,10 @@ def stateless_param_labels(
 
   Returns:
     A tree like ``params`` of the four labels.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -650,6 +741,10 @@ def sinkgd_stateless(
   Returns:
     An ``optax.GradientTransformation`` whose state holds no arrays but the
     step count of each group whose learning rate is a schedule.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
 
   Examples:
     >>> import jax

@@ -51,6 +51,22 @@ def alternate_normalizers(
   the static path refuses with a ValueError: zero rounds would leave ``G``
   unnormalized, silently.
 
+  Args:
+    g: one matrix ``(m, n)`` (or ``(..., m, n)`` if every normalizer handles
+      leading axes) in the paper's ``(fan_out, fan_in)`` view.
+    normalizers: the projections ``P_1 .. P_K``, each a positively
+      scale-invariant function from a matrix to one of the same shape.
+    num_iters: ``L``, the rounds; a Python ``int`` (unrolled) or a traced
+      integer (a ``fori_loop``).
+
+  Returns:
+    ``G_L`` in ``g``'s shape and dtype (all NaN when ``g`` is not finite or a
+    traced ``num_iters`` is below 1).
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
+
   Examples:
     >>> import jax
     >>> import jax.numpy as jnp
@@ -86,6 +102,18 @@ def fixed_point_residual(
 
   Zero exactly when every normalizer leaves ``X`` unchanged, i.e. ``X`` lies
   on all the spheres at once. Returns one value per matrix (batch shape).
+
+  Args:
+    normalizers: the projections ``P_k``.
+    x: ``(..., m, n)``, leading axes batch axes.
+
+  Returns:
+    float32 residuals of ``x``'s batch shape (a scalar for one matrix); 0 for
+    an all-zero matrix.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
 
   Examples:
     >>> import jax
@@ -330,6 +358,14 @@ def scale_by_sinkgd(
       one read of ``G`` fewer per step in the common case; see
       :func:`multinorm_optax.sinkhorn.sinkhorn_warm`.
 
+  Returns:
+    An ``optax.GradientTransformation``: stateless (``optax.EmptyState``)
+    unless ``warm_start``, then :class:`ScaleBySinkGDState`.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
+
   Examples:
     >>> import jax
     >>> import jax.numpy as jnp
@@ -434,6 +470,9 @@ def scale_by_swan(
     whiten_mode: ``"fast"`` (default), ``"exact"`` or ``"newton_schulz"``
       (the default before the modes existed), see :func:`whiten` (cost and
       accuracy of each in docs/BENCHMARKS.md).
+
+  Returns:
+    An ``optax.GradientTransformation`` with empty state.
 
   References:
     Ma, Gong, Scetbon, Meeds, *SWAN: SGD with Normalization and Whitening
