@@ -677,6 +677,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument("--seed", type=int, default=0)
   p.add_argument(
+    "--orientation",
+    action="store_true",
+    help="only the SR-Sinkhorn orientation table (ORIENTATION_SHAPES and the "
+    "60m tree with every leaf normalized), cases interleaved",
+  )
+  p.add_argument(
     "--out",
     type=Path,
     default=None,
@@ -695,6 +701,102 @@ def parse_args(argv=None) -> argparse.Namespace:
   if unknown:
     p.error(f"unknown model(s) {unknown}; choose from {', '.join(CONFIGS)}")
   return args
+
+
+# ---------------------------------------------------------------------------
+# SR-Sinkhorn and the matrix's orientation (--orientation)
+# ---------------------------------------------------------------------------
+
+# (case, leaf shapes or model) -> optimizer; each is timed side by side with
+# AdamW on the same tree. An LM head of the 60m model, Flax (d_model, vocab),
+# its transpose, and an MLP kernel; then the whole 60m tree with every leaf
+# of two or more axes normalized (embedding and head too), and with no state.
+ORIENTATION_SHAPES = ((512, 32000), (32000, 512), (512, 1376))
+
+
+def orientation_table(plan: TimingPlan, seed: int = 0) -> dict:
+  """Step times of AdamW and SR-Sinkhorn per orientation, interleaved.
+
+  Every case is compiled first; then each of ``plan.repeats`` rounds takes
+  one sample of every case in turn, so a load change on a shared machine
+  moves all of them alike. Returns {tree: {case: median ms}} plus ratios.
+  """
+  every_leaf = lambda p: jax.tree.map(
+    lambda x: "multinorm" if x.ndim >= 2 else "adam", p
+  )
+  warm = dict(num_iters=1, warm_start=True, overflow_guard="on_demand")
+  head_cases = {
+    "adamw": optax.adamw(1e-3),
+    "sinkgd_warm_l1_guard": mo.sinkgd(1e-3, param_labels=every_leaf, **warm),
+    "sinkgd_cold_l5": mo.sinkgd(1e-3, num_iters=5, param_labels=every_leaf),
+  }
+  tree_cases = {
+    "adamw": build_tx("adamw"),
+    "sinkgd_warm_l1_guard_every_leaf": mo.sinkgd(
+      1e-3, param_labels=every_leaf, **warm
+    ),
+    "sinkgd_fast": build_tx("sinkgd_fast"),
+    "sinkgd_stateless": build_tx("sinkgd_stateless"),
+  }
+  trees = {
+    f"{a}x{b}": (
+      {"head": {"kernel": jax.ShapeDtypeStruct((a, b), jnp.float32)}},
+      head_cases,
+    )
+    for a, b in ORIENTATION_SHAPES
+  }
+  trees["60m"] = (param_shapes("60m"), tree_cases)
+  key = jax.random.key(seed)
+  result = {}
+  for tree_name, (shapes, cases) in trees.items():
+    key, pkey, gkey = jax.random.split(key, 3)
+    params = random_tree(shapes, pkey, jnp.float32, 0.02)
+    grads = random_tree(shapes, gkey, jnp.float32, 1.0)
+    runs = {}
+    for name, tx in cases.items():
+      run = {"params": jax.tree.map(jnp.copy, params), "grads": grads}
+      run["state"] = jax.jit(tx.init)(run["params"])
+      run["step"] = (
+        jax.jit(optimizer_step(tx), donate_argnums=(0, 1))
+        .lower(run["params"], run["state"], grads)
+        .compile()
+      )
+      runs[name] = run
+
+    def sample(run) -> float:
+      t0 = time.perf_counter()
+      for _ in range(plan.calls):
+        run["params"], run["state"] = run["step"](
+          run["params"], run["state"], run["grads"]
+        )
+      jax.block_until_ready((run["params"], run["state"]))
+      return 1e3 * (time.perf_counter() - t0) / plan.calls
+
+    samples = {name: [] for name in runs}
+    for i in range(plan.warmup + plan.repeats):
+      for name, run in runs.items():
+        ms = sample(run)
+        if i >= plan.warmup:
+          samples[name].append(ms)
+    medians = {k: statistics.median(v) for k, v in samples.items()}
+    result[tree_name] = {
+      "median_ms": medians,
+      "samples_ms": samples,
+      "ratio_to_adamw": {k: v / medians["adamw"] for k, v in medians.items()},
+    }
+    print(tree_name, {k: round(v, 2) for k, v in medians.items()}, flush=True)
+    del params, grads, runs
+  return result
+
+
+def orientation_markdown(result: dict) -> str:
+  """The --orientation table: median ms and the ratio to AdamW per case."""
+  lines = ["| tree | case | median ms | / AdamW |", "|---|---|---|---|"]
+  for tree, entry in result.items():
+    for case, ms in entry["median_ms"].items():
+      ratio = entry["ratio_to_adamw"][case]
+      lines.append(f"| {tree} | {case} | {ms:.2f} | {ratio:.2f}x |")
+  return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
@@ -719,6 +821,24 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
     max_seconds=args.max_seconds,
   )
   out = args.out or REPO / "benchmarks" / "results" / f"step_cost_{platform}"
+  if args.orientation:
+    table = orientation_table(plan, args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "orientation.json").write_text(
+      json.dumps(
+        {
+          "command": " ".join(["python benchmarks/step_cost.py", *argv_list]),
+          "cpu_count": os.cpu_count(),
+          "timing": plan._asdict(),
+          **_versions(),
+          "trees": table,
+        },
+        indent=1,
+      )
+    )
+    (out / "orientation.md").write_text(orientation_markdown(table))
+    print(orientation_markdown(table))
+    return table
   device = jax.devices()[0]
   command = " ".join(["python benchmarks/step_cost.py", *argv_list])
   print(

@@ -7,8 +7,10 @@ head (tying is a config flag). No biases anywhere.
 
 Layout conventions the optimizer relies on:
 
-* every weight matrix is a plain 2-D kernel in Flax's (fan_in, fan_out) layout;
-  the hidden matrices are the 2-D params not under ``embed`` or ``lm_head``;
+* every weight matrix is a plain 2-D kernel in Flax's (fan_in, fan_out) layout,
+  with a leading layer axis under ``scan_layers``, as ``weight_dimension_numbers``
+  declares to multinorm_optax; the hidden matrices are those not under
+  ``embed`` or ``lm_head``;
 * module names make readable paths, e.g. ``layers/0/attn/q_proj/kernel``;
 * each parameter declares its logical sharding axes next to its initializer,
   and ``LOGICAL_AXIS_RULES`` maps them onto the mesh axes ``MESH_AXES``.
@@ -30,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+
+from multinorm_optax.layout import DimensionNumbers
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # "einsum" is the tested reference; the others go through
@@ -300,6 +304,21 @@ def unsplit_dims(config: LlamaConfig, mesh: jax.sharding.Mesh) -> list[str]:
     f"that divides {dim} splits it"
     for (dim, axes), names in found.items()
   ]
+
+
+def weight_dimension_numbers(path: str, leaf) -> DimensionNumbers | None:
+  """Where a parameter's fan_in and fan_out axes are, for multinorm_optax.
+
+  Every weight is ``(fan_in, fan_out)`` in its last two axes; a leading axis
+  is the layer axis of ``scan_layers`` (a batch axis: each layer's matrix is
+  normalized on its own). Declared, so that the recipes' label rule (only 2-D
+  or declared leaves are normalized) treats the scanned layers as matrices.
+  None for vectors (norm scales): not matrices.
+  """
+  del path
+  if leaf.ndim < 2:
+    return None
+  return DimensionNumbers(leaf.ndim - 2, leaf.ndim - 1)
 
 
 def _is_spec(x) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,11 @@ import optax
 from multinorm_optax import multinorm as mn
 from multinorm_optax import normalizers as norms
 from multinorm_optax import update_scale as us
-from multinorm_optax.layout import DimensionNumbers
+from multinorm_optax.layout import (
+  CanonicalLayout,
+  DimensionNumbers,
+  canonical_layout,
+)
 
 MATRIX = "multinorm"
 ADAM = "adam"
@@ -24,38 +29,118 @@ _ADAM_NAMES = frozenset(
 )
 
 
-def default_param_labels(params) -> Any:
+def _is_adam_by_name(path) -> bool:
+  for key in path:
+    part = jax.tree_util.keystr((key,), simple=True).lower()
+    if part in _ADAM_NAMES or any(s in part for s in _ADAM_SUBSTRINGS):
+      return True
+  return False
+
+
+def matrix_layout(path, leaf, declared) -> CanonicalLayout | None:
+  """A leaf's matrix layout under the label rule, or None: not a known matrix.
+
+  ``declared`` is the leaf's entry of :func:`multinorm.leaf_dimension_numbers`.
+  A leaf has a layout when it has two axes and nothing is declared (Flax's
+  ``(fan_in, fan_out)``), or when a :class:`DimensionNumbers` is declared
+  for it. Every other leaf, in particular one with more than two axes and
+  nothing declared, has None: its axes could be ``(in, heads, head_dim)``,
+  ``(h, w, in, out)`` or ``(layers, in, out)``, and the shape alone does not
+  say which.
+  """
+  shape = tuple(getattr(leaf, "shape", ()))
+  if len(shape) < 2 or declared is mn.SKIP:
+    return None
+  if declared is None:
+    if len(shape) != 2:
+      return None
+    declared = DimensionNumbers(0, 1)
+  name = jax.tree_util.keystr(path, simple=True, separator="/")
+  return canonical_layout(shape, declared, name=f"leaf '{name}'")
+
+
+def default_param_labels(
+  params,
+  dimension_numbers: mn.DimensionNumbersSpec = None,
+  *,
+  min_fan_in: int = 1,
+) -> Any:
   """Labels each leaf ``'multinorm'`` (hidden matrices) or ``'adam'`` (the rest).
 
-  A leaf goes to AdamW when it has fewer than two axes (biases, norm scales,
-  scalars), or when a component of its path names an embedding, the LM head,
-  a norm or a bias: a component containing one of ``embed, lm_head, norm,
-  bias``, or equal to one of ``head, wte, wpe, output, logits, scale,
-  classifier`` (case-insensitive). Everything else with two or more axes is a
-  hidden matrix.
+  A leaf is a hidden matrix, normalized, when all of these hold:
+
+  - its layout is known: it has exactly two axes (Flax's ``(fan_in,
+    fan_out)``) and ``dimension_numbers`` is None, or ``dimension_numbers``
+    declares its layout (a :class:`DimensionNumbers` for it). A leaf with
+    more than two axes and no declared layout (``nnx.Conv``'s ``(h, w, in,
+    out)``, ``nnx.MultiHeadAttention``'s ``(in, heads, head_dim)``, scanned
+    layers, stacked experts) goes to AdamW, as in ``optax.contrib.muon``:
+    normalizing it on guessed axes would be a different optimizer;
+  - no component of its path names an embedding, the LM head, a norm or a
+    bias: a component containing one of ``embed, lm_head, norm, bias``, or
+    equal to one of ``head, wte, wpe, output, logits, scale, classifier``
+    (case-insensitive);
+  - its fan_in (the product of its reduction axes) is at least
+    ``min_fan_in``.
+
+  Everything else (biases, norm scales, scalars, embeddings, the head, and
+  the undeclared leaves above) is ``'adam'``.
+
+  Args:
+    params: a tree of arrays (or anything with a ``shape``), e.g.
+      ``nnx.state(model, nnx.Param)``.
+    dimension_numbers: the layouts the caller declares, as in
+      :func:`multinorm`: None (only 2-D leaves are matrices), one
+      :class:`DimensionNumbers` for every leaf with two or more axes, a tree
+      prefix of them, or a callable ``(path, leaf) -> DimensionNumbers |
+      None``; a leaf declared None goes to AdamW.
+    min_fan_in: matrices with a smaller fan_in go to AdamW (:func:`swan`
+      uses 2: standardizing a row of length 1 gives exactly zero).
+
+  Returns:
+    A tree like ``params`` of ``'multinorm'`` and ``'adam'`` strings.
+
+  Raises:
+    ValueError: naming the leaf path and shape when a declared layout does
+      not fit the leaf.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742. (Section 5:
+    normalized hidden matrices, AdamW for the rest)
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from multinorm_optax import default_param_labels
+    >>> from multinorm_optax import DimensionNumbers, default_param_labels
     >>> params = {
     ...     "embed": jnp.zeros((10, 4)),
     ...     "mlp": {"kernel": jnp.zeros((4, 8)), "bias": jnp.zeros(8)},
     ...     "norm": {"scale": jnp.ones(4)},
+    ...     "experts": jnp.zeros((3, 4, 8)),  # (experts, in, out)
     ... }
     >>> print(default_param_labels(params))
-    {'embed': 'adam', 'mlp': {'bias': 'adam', 'kernel': 'multinorm'}, 'norm': {'scale': 'adam'}}
+    {'embed': 'adam', 'experts': 'adam', 'mlp': {'bias': 'adam', 'kernel': 'multinorm'}, 'norm': {'scale': 'adam'}}
+    >>> declared = lambda path, leaf: DimensionNumbers(leaf.ndim - 2, leaf.ndim - 1)
+    >>> print(default_param_labels(params, declared)["experts"])
+    multinorm
   """
 
-  def label(path, leaf) -> str:
-    if len(getattr(leaf, "shape", ())) < 2:
+  def label(path, leaf, declared) -> str:
+    if _is_adam_by_name(path):
       return ADAM
-    for key in path:
-      part = jax.tree_util.keystr((key,), simple=True).lower()
-      if part in _ADAM_NAMES or any(s in part for s in _ADAM_SUBSTRINGS):
-        return ADAM
-    return MATRIX
+    lay = matrix_layout(path, leaf, declared)
+    return ADAM if lay is None or lay.n < min_fan_in else MATRIX
 
-  return jax.tree_util.tree_map_with_path(label, params)
+  return _map_declared(label, params, dimension_numbers)
+
+
+def _map_declared(fn, params, dimension_numbers):
+  """``fn(path, leaf, declared)`` on every leaf, as a tree like ``params``."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  declared = mn.leaf_dimension_numbers(dimension_numbers, params)
+  return treedef.unflatten(
+    [fn(path, x, dn) for (path, x), dn in zip(flat, declared)]
+  )
 
 
 # Path components that exempt a parameter from weight decay whatever its shape.
@@ -76,6 +161,19 @@ def default_weight_decay_mask(params, *, decay_embeddings: bool = False) -> Any:
   ``embed`` or equal to ``wte`` or ``wpe``; case-insensitive). Hidden matrices
   and an untied LM head are decayed. nanoGPT does decay its embedding (tied to
   its head); ``decay_embeddings=True`` gives that behaviour.
+
+  Args:
+    params: a tree of arrays (or anything with a ``shape``).
+    decay_embeddings: also decay the embedding tables.
+
+  Returns:
+    A tree like ``params`` of Python booleans, for ``optax.adamw(mask=...)``
+    or the recipes' ``weight_decay_mask``.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742. (the recipe whose groups it
+    masks)
 
   Examples:
     >>> import jax.numpy as jnp
@@ -146,6 +244,17 @@ def with_update_scale(
   )
 
 
+def _labels_or_default(param_labels, dimension_numbers, min_fan_in=1):
+  """``param_labels``, or :func:`default_param_labels` under the recipe's layouts."""
+  if param_labels is not None:
+    return param_labels
+  return functools.partial(
+    default_param_labels,
+    dimension_numbers=dimension_numbers,
+    min_fan_in=min_fan_in,
+  )
+
+
 MOMENTUM_ORDERS = ("normalize_then_average", "average_then_normalize")
 
 
@@ -165,6 +274,7 @@ def multinorm_recipe(
   momentum: float | None = None,
   nesterov: bool = False,
   momentum_order: str = "normalize_then_average",
+  mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Partitions the tree: matrices get ``-alpha*lr * (normalized g + wd * p)``, the rest AdamW.
 
@@ -197,7 +307,9 @@ def multinorm_recipe(
     raise ValueError(f"momentum must be in [0, 1), got {momentum}")
   direction = [scale_by_normalization]
   if momentum is not None:
-    trace = optax.trace(decay=momentum, nesterov=nesterov)
+    trace = optax.trace(
+      decay=momentum, nesterov=nesterov, accumulator_dtype=mu_dtype
+    )
     if momentum_order == "average_then_normalize":
       direction = [trace, scale_by_normalization]
     else:
@@ -216,6 +328,7 @@ def multinorm_recipe(
     if adam_weight_decay is None
     else adam_weight_decay,
     mask=mask,
+    mu_dtype=mu_dtype,
   )
   labels = default_param_labels if param_labels is None else param_labels
   return optax.partition({MATRIX: matrices, ADAM: rest}, labels)
@@ -242,6 +355,7 @@ def sinkgd(
   momentum: float | None = None,
   nesterov: bool = False,
   momentum_order: str = "normalize_then_average",
+  mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""SinkGD, the paper's recipe (Scetbon et al., 2025, Algorithm 3 + Section 5).
 
@@ -258,16 +372,31 @@ def sinkgd(
   (:func:`default_weight_decay_mask`) vectors, norm scales and embeddings.
 
   Args:
-    learning_rate: ``eta``, a float or an optax schedule.
-    alpha: the paper's scale of the normalized update relative to Adam's lr (0.05).
+    learning_rate: ``eta``, a float or an optax schedule. The matrices step
+      by ``alpha * eta`` (``alpha * learning_rate``), the AdamW group by
+      ``eta`` unless ``adam_learning_rate`` is given.
+    alpha: the paper's scale of the normalized update relative to
+      ``learning_rate`` (0.05).
     num_iters: ``L``, SR-Sinkhorn rounds (5).
-    weight_decay: decoupled weight decay ``lambda`` for the matrices.
+    weight_decay: decoupled weight decay ``lambda`` of the matrices (times
+      ``alpha * eta``), and of the AdamW group unless ``adam_weight_decay``.
+    adam_learning_rate: the AdamW group's learning rate, a float or a
+      schedule (None: ``learning_rate``; not multiplied by ``alpha``).
+    adam_b1: AdamW's first-moment decay ``beta_1``.
+    adam_b2: AdamW's second-moment decay ``beta_2``.
+    adam_eps: AdamW's ``epsilon``, added to the root of the second moment.
+    adam_weight_decay: the AdamW group's decoupled weight decay (None:
+      ``weight_decay``).
     weight_decay_mask: a tree of booleans like the params, or a callable
       ``params -> booleans``: where weight decay applies (both groups);
       default :func:`default_weight_decay_mask`.
-    param_labels: a tree of ``'multinorm'``/``'adam'`` labels like the params,
-      or a callable ``params -> labels``; default :func:`default_param_labels`.
-    dimension_numbers: fan_in/fan_out axes of the matrices, see :func:`multinorm`.
+    param_labels: a tree of ``'multinorm'``/``'adam'`` labels like the
+      params, or a callable ``params -> labels``; default
+      :func:`default_param_labels` under ``dimension_numbers``.
+    dimension_numbers: the matrices' fan_in/fan_out axes, see
+      :func:`multinorm`. It also declares which leaves with more than two
+      axes are matrices: without it those go to AdamW (the label rule of
+      :func:`default_param_labels`).
     impl: SR-Sinkhorn implementation, see :func:`scale_by_sinkgd`.
     update_scale: ``"rms"`` (the paper's RMS-1 matrix updates), or a
       shape-dependent rule applied after the normalization, ``"spectral"`` or
@@ -277,14 +406,25 @@ def sinkgd(
       per ``(m, n)`` matrix), see :func:`scale_by_sinkgd`.
     overflow_guard: ``"max_abs"`` or ``"on_demand"``, see
       :func:`scale_by_sinkgd`.
-    momentum: ``beta`` of a momentum buffer per matrix (None: none), in
-      ``momentum_order`` ``"normalize_then_average"`` or
-      ``"average_then_normalize"``, with ``nesterov``; see
-      :func:`multinorm_recipe`.
+    momentum: ``beta`` in ``[0, 1)`` of a momentum buffer per matrix (None:
+      no buffer, the paper's stateless recipe); see :func:`multinorm_recipe`.
+    nesterov: with ``momentum``, step along the Nesterov look-ahead
+      (``optax.trace(nesterov=True)``) instead of the buffer.
+    momentum_order: with ``momentum``, ``"normalize_then_average"`` (average
+      the normalized gradients; the step is ``(1 - beta)`` times the buffer)
+      or ``"average_then_normalize"`` (normalize the averaged gradient).
+    mu_dtype: dtype of AdamW's first moment and of the momentum buffer
+      (None: the parameters' dtype), as ``optax.adamw``'s: e.g. float32
+      moments for bfloat16 parameters. AdamW's second moment keeps the
+      parameters' dtype.
 
   Returns:
     An ``optax.GradientTransformation``; with the defaults its only state is
     AdamW's for the ``'adam'`` leaves and step counts.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
 
   Examples:
     >>> import jax
@@ -328,10 +468,11 @@ def sinkgd(
     adam_eps=adam_eps,
     adam_weight_decay=adam_weight_decay,
     weight_decay_mask=weight_decay_mask,
-    param_labels=param_labels,
+    param_labels=_labels_or_default(param_labels, dimension_numbers),
     momentum=momentum,
     nesterov=nesterov,
     momentum_order=momentum_order,
+    mu_dtype=mu_dtype,
   )
 
 
@@ -355,17 +496,65 @@ def swan(
   momentum: float | None = None,
   nesterov: bool = False,
   momentum_order: str = "normalize_then_average",
+  mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""SWAN (Ma et al., 2024, arXiv 2412.13148) with the same recipe as :func:`sinkgd`.
 
-  Hidden matrices: ``W <- W - alpha * eta * (swan(G) + lambda W)`` with
-  :func:`scale_by_swan` (GradNorm, then GradWhitening by ``ns_steps``
-  iterations of ``whiten_mode``, see :func:`whiten`; rescaled to RMS 1 when
-  ``rescale``); the rest AdamW. ``update_scale`` as in :func:`sinkgd`
-  (``"spectral"`` gives the whitened update the operator norm
-  ``alpha * eta * sqrt(fan_out / fan_in)`` exactly, when ``rescale``).
-  ``momentum``, ``nesterov``, ``momentum_order``: an optional buffer per
-  matrix, see :func:`multinorm_recipe`.
+  For hidden weight matrices (label ``'multinorm'``), with ``S(G)`` the
+  normalization of :func:`scale_by_swan` (GradNorm, i.e. row
+  standardization, then GradWhitening, rescaled to RMS 1 when ``rescale``):
+
+  .. math:: W \leftarrow W - \alpha\,\eta_t\,(S(G) + \lambda W)
+
+  and AdamW for the rest, exactly as :func:`sinkgd`. Kernels with fan_in 1
+  also go to AdamW: standardizing a row of length 1 gives exactly zero.
+
+  Args:
+    learning_rate: ``eta``, a float or an optax schedule. The matrices step
+      by ``alpha * eta`` (``alpha * learning_rate``), the AdamW group by
+      ``eta`` unless ``adam_learning_rate`` is given.
+    alpha: scale of the normalized update relative to ``learning_rate``
+      (0.05).
+    ns_steps: iterations of the whitening; None for ``whiten_mode``'s
+      default, see :func:`whiten`.
+    rescale: rescale the whitened update to RMS 1 (SWAN's optional
+      rescaling), so learning rates transfer from :func:`sinkgd`.
+    whiten_mode: ``"fast"`` (default), ``"exact"`` or ``"newton_schulz"``,
+      see :func:`whiten`.
+    weight_decay: decoupled weight decay ``lambda`` of the matrices (times
+      ``alpha * eta``), and of the AdamW group unless ``adam_weight_decay``.
+    adam_learning_rate: the AdamW group's learning rate, a float or a
+      schedule (None: ``learning_rate``; not multiplied by ``alpha``).
+    adam_b1: AdamW's first-moment decay ``beta_1``.
+    adam_b2: AdamW's second-moment decay ``beta_2``.
+    adam_eps: AdamW's ``epsilon``, added to the root of the second moment.
+    adam_weight_decay: the AdamW group's decoupled weight decay (None:
+      ``weight_decay``).
+    weight_decay_mask: where weight decay applies, see :func:`sinkgd`.
+    param_labels: a tree of ``'multinorm'``/``'adam'`` labels like the
+      params, or a callable ``params -> labels``; default
+      :func:`default_param_labels` under ``dimension_numbers`` with
+      ``min_fan_in=2``.
+    dimension_numbers: the matrices' fan_in/fan_out axes and which leaves
+      with more than two axes are matrices, see :func:`sinkgd`.
+    update_scale: as in :func:`sinkgd`; ``"spectral"`` gives the whitened
+      update the operator norm ``alpha * eta * sqrt(fan_out / fan_in)``
+      exactly, when ``rescale``.
+    momentum: ``beta`` of an optional buffer per matrix, see :func:`sinkgd`.
+    nesterov: see :func:`sinkgd`.
+    momentum_order: see :func:`sinkgd`.
+    mu_dtype: dtype of AdamW's first moment and of the momentum buffer, see
+      :func:`sinkgd`.
+
+  Returns:
+    An ``optax.GradientTransformation``; with the defaults its only state is
+    AdamW's for the ``'adam'`` leaves and step counts.
+
+  References:
+    Ma, Gong, Scetbon, Meeds, *SWAN: SGD with Normalization and Whitening
+    Enables Stateless LLM Training*, 2024, arXiv 2412.13148.
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
 
   Examples:
     >>> import jax
@@ -401,10 +590,13 @@ def swan(
     adam_eps=adam_eps,
     adam_weight_decay=adam_weight_decay,
     weight_decay_mask=weight_decay_mask,
-    param_labels=param_labels,
+    param_labels=_labels_or_default(
+      param_labels, dimension_numbers, min_fan_in=2
+    ),
     momentum=momentum,
     nesterov=nesterov,
     momentum_order=momentum_order,
+    mu_dtype=mu_dtype,
   )
 
 
@@ -418,7 +610,9 @@ _VECTOR_SUBSTRINGS = ("norm", "bias")
 _VECTOR_NAMES = frozenset({"scale"})
 
 
-def stateless_param_labels(params) -> Any:
+def stateless_param_labels(
+  params, dimension_numbers: mn.DimensionNumbersSpec = None
+) -> Any:
   """Labels for :func:`sinkgd_stateless`: ``'multinorm'``, ``'embedding'``, ``'head'`` or ``'vector'``.
 
   Hidden matrices are :func:`default_param_labels`' ``'multinorm'`` leaves.
@@ -427,7 +621,21 @@ def stateless_param_labels(params) -> Any:
   ``'vector'``; then embedding tables (a component containing ``embed`` or
   equal to ``wte`` or ``wpe``) are ``'embedding'``; the other matrices (the
   LM head, ``output``, ``logits``, ``classifier``) are ``'head'``
-  (case-insensitive).
+  (case-insensitive) when their layout is known, as for the hidden
+  matrices; a leaf with more than two axes and no declared layout is
+  ``'vector'``: sign descent is elementwise and needs no layout.
+
+  Args:
+    params: a tree of arrays (or anything with a ``shape``).
+    dimension_numbers: the layouts the caller declares, see
+      :func:`default_param_labels`.
+
+  Returns:
+    A tree like ``params`` of the four labels.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -437,14 +645,13 @@ def stateless_param_labels(params) -> Any:
     ...     "mlp": {"kernel": jnp.zeros((4, 8))},
     ...     "norm": {"scale": jnp.ones(4)},
     ...     "lm_head": {"kernel": jnp.zeros((4, 10))},
+    ...     "conv": {"kernel": jnp.zeros((3, 3, 4, 8))},  # nothing declared
     ... }
     >>> print(stateless_param_labels(params))
-    {'embed': {'embedding': 'embedding'}, 'lm_head': {'kernel': 'head'}, 'mlp': {'kernel': 'multinorm'}, 'norm': {'scale': 'vector'}}
+    {'conv': {'kernel': 'vector'}, 'embed': {'embedding': 'embedding'}, 'lm_head': {'kernel': 'head'}, 'mlp': {'kernel': 'multinorm'}, 'norm': {'scale': 'vector'}}
   """
 
-  def label(path, leaf, default) -> str:
-    if default == MATRIX:
-      return MATRIX
+  def label(path, leaf, declared) -> str:
     parts = [jax.tree_util.keystr((k,), simple=True).lower() for k in path]
     if len(getattr(leaf, "shape", ())) < 2 or any(
       p in _VECTOR_NAMES or any(s in p for s in _VECTOR_SUBSTRINGS)
@@ -455,12 +662,12 @@ def stateless_param_labels(params) -> Any:
       p in _EMBEDDING_NAMES or any(s in p for s in _EMBEDDING_SUBSTRINGS)
       for p in parts
     ):
-      return EMBEDDING
-    return HEAD
+      return EMBEDDING  # read as (tokens, features...), nothing to declare
+    if matrix_layout(path, leaf, declared) is None:
+      return VECTOR
+    return HEAD if _is_adam_by_name(path) else MATRIX
 
-  return jax.tree_util.tree_map_with_path(
-    label, params, default_param_labels(params)
-  )
+  return _map_declared(label, params, dimension_numbers)
 
 
 def sinkgd_stateless(
@@ -535,6 +742,10 @@ def sinkgd_stateless(
     An ``optax.GradientTransformation`` whose state holds no arrays but the
     step count of each group whose learning rate is a schedule.
 
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
+
   Examples:
     >>> import jax
     >>> import jax.numpy as jnp
@@ -600,5 +811,8 @@ def sinkgd_stateless(
     HEAD: step(sinkhorn(), rest_wd, rest_lr),
     VECTOR: step(optax.scale_by_sign(), rest_wd, rest_lr),
   }
-  labels = stateless_param_labels if param_labels is None else param_labels
-  return optax.partition(groups, labels)
+  if param_labels is None:
+    param_labels = functools.partial(
+      stateless_param_labels, dimension_numbers=dimension_numbers
+    )
+  return optax.partition(groups, param_labels)

@@ -51,6 +51,22 @@ def alternate_normalizers(
   the static path refuses with a ValueError: zero rounds would leave ``G``
   unnormalized, silently.
 
+  Args:
+    g: one matrix ``(m, n)`` (or ``(..., m, n)`` if every normalizer handles
+      leading axes) in the paper's ``(fan_out, fan_in)`` view.
+    normalizers: the projections ``P_1 .. P_K``, each a positively
+      scale-invariant function from a matrix to one of the same shape.
+    num_iters: ``L``, the rounds; a Python ``int`` (unrolled) or a traced
+      integer (a ``fori_loop``).
+
+  Returns:
+    ``G_L`` in ``g``'s shape and dtype (all NaN when ``g`` is not finite or a
+    traced ``num_iters`` is below 1).
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
+
   Examples:
     >>> import jax
     >>> import jax.numpy as jnp
@@ -87,6 +103,18 @@ def fixed_point_residual(
   Zero exactly when every normalizer leaves ``X`` unchanged, i.e. ``X`` lies
   on all the spheres at once. Returns one value per matrix (batch shape).
 
+  Args:
+    normalizers: the projections ``P_k``.
+    x: ``(..., m, n)``, leading axes batch axes.
+
+  Returns:
+    float32 residuals of ``x``'s batch shape (a scalar for one matrix); 0 for
+    an all-zero matrix.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
+
   Examples:
     >>> import jax
     >>> from multinorm_optax import (
@@ -119,6 +147,37 @@ def _check_leaf(name: str, leaf) -> None:
     )
 
 
+# Marks a leaf that the user's spec leaves unchanged, as opposed to None = default.
+SKIP = DimensionNumbers((), ())
+
+
+def leaf_dimension_numbers(spec: DimensionNumbersSpec, tree) -> list:
+  """Each leaf's declared :class:`DimensionNumbers`, in flattening order.
+
+  ``spec`` as in :func:`multinorm`. A leaf gets None when ``spec`` is None
+  (nothing declared: the default layout applies) and ``SKIP`` when the spec
+  maps it to None (leave it unchanged). Nothing is validated here.
+  """
+  leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
+  if spec is None or isinstance(spec, DimensionNumbers):
+    return [spec] * len(leaves_with_path)
+  if callable(spec):
+    # Paths as 'layers/0/attn/q_proj/kernel', as in the error messages.
+    return [
+      spec(jax.tree_util.keystr(p, simple=True, separator="/"), x) or SKIP
+      for p, x in leaves_with_path
+    ]
+  # A tree prefix: broadcast each spec over the subtree below it.
+  is_spec = lambda x: x is None or isinstance(x, DimensionNumbers)
+  broadcast = jax.tree_util.tree_map(
+    lambda dn, sub: jax.tree_util.tree_map(lambda _: dn or SKIP, sub),
+    spec,
+    tree,
+    is_leaf=is_spec,
+  )
+  return jax.tree_util.tree_leaves(broadcast, is_leaf=is_spec)
+
+
 def leaf_layouts(spec: DimensionNumbersSpec, tree) -> list:
   """Each leaf's CanonicalLayout (None: leave it unchanged), in flattening order.
 
@@ -128,34 +187,17 @@ def leaf_layouts(spec: DimensionNumbersSpec, tree) -> list:
       fewer than two axes.
   """
   leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
-  leaves = [x for _, x in leaves_with_path]
-  # Paths as 'layers/0/attn/q_proj/kernel', for callable specs and errors.
   names = [
     jax.tree_util.keystr(p, simple=True, separator="/")
     for p, _ in leaves_with_path
   ]
-  if spec is None or isinstance(spec, DimensionNumbers):
-    specs = [spec] * len(leaves)
-  elif callable(spec):
-    specs = [spec(name, x) or _SKIP for name, x in zip(names, leaves)]
-  else:  # a tree prefix: broadcast each spec over the subtree below it
-    is_spec = lambda x: x is None or isinstance(x, DimensionNumbers)
-    broadcast = jax.tree_util.tree_map(
-      lambda dn, sub: jax.tree_util.tree_map(lambda _: dn or _SKIP, sub),
-      spec,
-      tree,
-      is_leaf=is_spec,
-    )
-    specs = jax.tree_util.tree_leaves(broadcast, is_leaf=is_spec)
+  leaves = [x for _, x in leaves_with_path]
+  specs = leaf_dimension_numbers(spec, tree)
   return [_layout(*args) for args in zip(names, leaves, specs)]
 
 
-# Marks a leaf that the user's spec leaves unchanged, as opposed to None = default.
-_SKIP = DimensionNumbers((), ())
-
-
 def _layout(name: str, leaf, dn) -> layout_lib.CanonicalLayout | None:
-  if dn is _SKIP:
+  if dn is SKIP:
     return None
   if dn is None:
     dn = layout_lib.default_dimension_numbers(leaf.shape)
@@ -316,6 +358,14 @@ def scale_by_sinkgd(
       one read of ``G`` fewer per step in the common case; see
       :func:`multinorm_optax.sinkhorn.sinkhorn_warm`.
 
+  Returns:
+    An ``optax.GradientTransformation``: stateless (``optax.EmptyState``)
+    unless ``warm_start``, then :class:`ScaleBySinkGDState`.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
+
   Examples:
     >>> import jax
     >>> import jax.numpy as jnp
@@ -420,6 +470,9 @@ def scale_by_swan(
     whiten_mode: ``"fast"`` (default), ``"exact"`` or ``"newton_schulz"``
       (the default before the modes existed), see :func:`whiten` (cost and
       accuracy of each in docs/BENCHMARKS.md).
+
+  Returns:
+    An ``optax.GradientTransformation`` with empty state.
 
   References:
     Ma, Gong, Scetbon, Meeds, *SWAN: SGD with Normalization and Whitening

@@ -93,6 +93,18 @@ def row_l2(g: Array) -> Array:
 
   The projection onto ``{X : ||X_{i,:}||_2 = sqrt(n) for all i}``.
 
+  Args:
+    g: the gradient, ``(..., m, n)`` in the paper's ``(fan_out, fan_in)``
+      view; leading axes are batch axes, each matrix normalized on its own.
+
+  Returns:
+    An array of ``g``'s shape and dtype;
+    every non-zero row of l2 norm ``sqrt(n)``.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> import numpy as np
@@ -114,6 +126,18 @@ def col_l2(g: Array) -> Array:
   r"""Scales every column to l2 norm ``sqrt(m)``.
 
   .. math:: P(G)_{:,j} = \sqrt{m}\, G_{:,j} / \lVert G_{:,j} \rVert_2
+
+  Args:
+    g: the gradient, ``(..., m, n)`` in the paper's ``(fan_out, fan_in)``
+      view; leading axes are batch axes, each matrix normalized on its own.
+
+  Returns:
+    An array of ``g``'s shape and dtype;
+    every non-zero column of l2 norm ``sqrt(m)``.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -139,6 +163,18 @@ def row_standardize(g: Array) -> Array:
 
   A constant row (``sigma_i = 0``) has no direction and becomes zero.
 
+  Args:
+    g: the gradient, ``(..., m, n)`` in the paper's ``(fan_out, fan_in)``
+      view; leading axes are batch axes, each matrix normalized on its own.
+
+  Returns:
+    An array of ``g``'s shape and dtype;
+    every non-constant row of mean 0 and standard deviation 1.
+
+  References:
+    Ma, Gong, Scetbon, Meeds, *SWAN: SGD with Normalization and Whitening
+    Enables Stateless LLM Training*, 2024, arXiv 2412.13148.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> import numpy as np
@@ -159,6 +195,18 @@ def rms(g: Array) -> Array:
 
   .. math:: P(G) = \sqrt{mn}\, G / \lVert G \rVert_F
 
+  Args:
+    g: the gradient, ``(..., m, n)`` in the paper's ``(fan_out, fan_in)``
+      view; leading axes are batch axes, each matrix normalized on its own.
+
+  Returns:
+    An array of ``g``'s shape and dtype;
+    each non-zero matrix of root-mean-square 1.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> from multinorm_optax import rms
@@ -176,6 +224,16 @@ def sign(g: Array) -> Array:
   r"""Elementwise sign: the projection onto the l-infinity sphere of radius 1.
 
   .. math:: P(G)_{ij} = \operatorname{sign}(G_{ij})
+
+  Args:
+    g: the gradient, any shape.
+
+  Returns:
+    ``sign(g)`` in ``g``'s dtype (zeros stay zero).
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -270,6 +328,15 @@ def whiten(
   ``G``'s rows over those axes only, which any method needs to take inner
   products of rows held on different devices) and applying ``p(A)`` to the
   local shard. With Explicit axes the result keeps the input's sharding.
+
+  Returns:
+    ``g``'s polar factor (to the mode's accuracy), ``g``'s shape and dtype.
+
+  References:
+    Ma, Gong, Scetbon, Meeds, *SWAN: SGD with Normalization and Whitening
+    Enables Stateless LLM Training*, 2024, arXiv 2412.13148.
+    Amsel et al., *The Polar Express*, 2025, arXiv 2505.16932
+    (the polynomial modes' coefficients).
 
   Examples:
     >>> import jax

@@ -32,9 +32,12 @@ Two options make a step cheaper without moving the fixed point:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
+from multinorm_optax import _sharding
 from multinorm_optax.layout import CanonicalLayout
 from multinorm_optax.normalizers import repeat, safe_ratio, sqrt0, to_unit_max
 
@@ -44,6 +47,91 @@ OVERFLOW_GUARDS = ("max_abs", "on_demand")
 # 2^-126, so an accepted sum of n < 2^24 of them is off by less than
 # n * 2^-126 / 2^-80 < 2^-22 of itself: float32 rounding.
 MIN_UNSCALED_SUM = 2.0**-80
+
+
+# XLA:CPU reduces an axis other than the minor one an output element at a
+# time, striding through memory by a whole row for every term: with rows of
+# LONG_ROW elements or more that runs 10-30x slower than a reduction over the
+# minor axis (a (512, 32000) LM head: 145 ms against 10 ms on the 2-core
+# CPU, docs/BENCHMARKS.md "SR-Sinkhorn and orientation"). There the sum is
+# taken row by row instead (sum_of_squares_by_rows), on CPU only: GPU and
+# TPU reduce either axis at full bandwidth.
+LONG_ROW = 4096
+# The reduced axis is cut into ROW_BLOCKS blocks (or the largest power of two
+# dividing it) that are summed side by side: under FSDP the blocks are the
+# shards, so the loop only walks each device's own rows, never gathering.
+ROW_BLOCKS = 16
+
+
+def sum_of_squares(y_of, operands, axes) -> jax.Array:
+  r"""``sum(y * y, axes, keepdims=True)`` with ``y = y_of(*operands)``.
+
+  .. math:: s = \textstyle\sum_{i \in axes} y_i^2
+
+  ``operands`` broadcast to the first (the gradient), elementwise in
+  ``y_of``. When the minor axis is kept and long (``LONG_ROW``), on CPU, the
+  sum runs over rows (:func:`sum_of_squares_by_rows`): the same sum in
+  another order, equal up to float32 rounding.
+  """
+
+  def reduce(*ops):
+    y = y_of(*ops)
+    return jnp.sum(y * y, axis=axes, keepdims=True)
+
+  x = operands[0]
+  if x.ndim - 1 in axes or x.shape[-1] < LONG_ROW:
+    return reduce(*operands)
+  return jax.lax.platform_dependent(
+    *operands,
+    cpu=lambda *ops: sum_of_squares_by_rows(y_of, ops, axes),
+    default=reduce,
+  )
+
+
+def sum_of_squares_by_rows(y_of, operands, axes) -> jax.Array:
+  """:func:`sum_of_squares` as a loop whose every step adds whole rows.
+
+  The first reduced axis ``a`` (length ``n``) is split into ``b`` blocks of
+  ``n / b`` rows (``b``: ``ROW_BLOCKS`` or the largest power of two dividing
+  ``n``); step ``j`` adds row ``j`` of every block into a ``b``-row
+  accumulator, contiguous reads only, and the ``b`` partial sums are added
+  by halving. Any other reduced axis is summed inside the step.
+  """
+  x = operands[0]
+  a, rest = axes[0], tuple(axes[1:])
+  n = x.shape[a]
+  b = math.gcd(n, ROW_BLOCKS)
+
+  def split(v):
+    inner = (1, 1) if v.shape[a] == 1 else (b, n // b)
+    return v.reshape(v.shape[:a] + inner + v.shape[a + 1 :])
+
+  def row(v, j):
+    if v.shape[a + 1] == 1:
+      return jnp.squeeze(v, a + 1)
+    return jax.lax.dynamic_index_in_dim(v, j, a + 1, keepdims=False)
+
+  blocks = [split(v) for v in operands]
+
+  def rows_j(j):
+    y = y_of(*(row(v, j) for v in blocks))
+    return jnp.sum(y * y, axis=rest, keepdims=True)
+
+  # Started from row 0, not from zeros, so the carry has the rows' type
+  # (their sharding, under Explicit mesh axes).
+  acc = jax.lax.fori_loop(1, n // b, lambda j, acc: acc + rows_j(j), rows_j(0))
+  sharding = _sharding.explicit_sharding(acc)
+  if sharding is not None and sharding.spec[a] is not None:
+    # Halves of an Explicit-sharded axis are a type error; a (b, k) sum is
+    # small either way.
+    return jnp.sum(acc, axis=a, keepdims=True)
+  # Halving: contiguous adds (a strided reduction of (b, k) costs more than
+  # the b halvings, as in the loop above).
+  while acc.shape[a] > 1:
+    half = acc.shape[a] // 2
+    top = jax.lax.slice_in_dim(acc, 0, half, axis=a)
+    acc = top + jax.lax.slice_in_dim(acc, half, 2 * half, axis=a)
+  return acc
 
 
 def initial_col_scale(layout: CanonicalLayout) -> jax.Array:
@@ -151,20 +239,24 @@ def sinkhorn_warm(
   c0 = c_init.astype(f32)
 
   def rounds(amax, check: bool):
-    def sum_of_squares(scale, axes):
-      # The scale is applied before squaring and differs in every half-step,
-      # so XLA cannot merge the reads into one shared (materialized) G * G.
-      y = (x if amax is None else to_unit_max(x, amax)) * scale
-      return jnp.sum(y * y, axis=axes, keepdims=True)
+    # The scale is applied before squaring and differs in every half-step,
+    # so XLA cannot merge the reads into one shared (materialized) G * G.
+    if amax is None:
+      y_of, ops = (lambda x, scale: x * scale), (x,)
+    else:
+      y_of, ops = (lambda x, m, scale: to_unit_max(x, m) * scale), (x, amax)
+
+    def squares(scale, axes):
+      return sum_of_squares(y_of, ops + (scale,), axes)
 
     def accurate(s):
       return jnp.all(jnp.isfinite(s) & (s >= MIN_UNSCALED_SUM))
 
     def one_round(_, carry):
       _, c, ok = carry
-      s = sum_of_squares(c, rows_of)
+      s = squares(c, rows_of)
       r = safe_ratio(sqrt_n, sqrt0(s))
-      t = sum_of_squares(r, cols_of)
+      t = squares(r, cols_of)
       c = safe_ratio(sqrt_m, sqrt0(t))
       if check:
         ok = ok & accurate(s) & accurate(t)

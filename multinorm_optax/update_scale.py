@@ -71,6 +71,23 @@ def update_scale_factor(rule: str, m: int, n: int) -> float:
      s_{spectral} = \sqrt{\min(m, n)} / n, \quad
      s_{mup} = 1 / n
 
+  Args:
+    rule: ``"rms"``, ``"spectral"`` or ``"mup"`` (``UPDATE_SCALES``).
+    m: fan_out, the matrix's rows in the paper's layout.
+    n: fan_in, its columns.
+
+  Returns:
+    The float ``s(m, n)``.
+
+  Raises:
+    ValueError: for an unknown ``rule``.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742. (RMS-1 updates)
+    Yang, Simon, Bernstein, *A Spectral Condition for Feature Learning*,
+    2023, arXiv 2310.17813.
+
   Examples:
     >>> from multinorm_optax import update_scale_factor
     >>> print(update_scale_factor("spectral", 512, 128))  # 1 / sqrt(128)
@@ -109,6 +126,15 @@ def scale_by_shape(
   Args:
     rule: ``"rms"``, ``"spectral"`` or ``"mup"``, see the module docstring.
     dimension_numbers: see :func:`multinorm`.
+
+  Returns:
+    An ``optax.GradientTransformation`` with empty state.
+
+  References:
+    Scetbon, Ma, Gong, Meeds, *Gradient Multi-Normalization for Stateless
+    and Scalable LLM Training*, 2025, arXiv 2502.06742. (RMS-1 updates)
+    Yang, Simon, Bernstein, *A Spectral Condition for Feature Learning*,
+    2023, arXiv 2310.17813.
 
   Examples:
     >>> import jax

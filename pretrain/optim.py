@@ -7,8 +7,10 @@ a checkpoint restores only into the same kind of state). Adding an optimizer
 is one builder and one `OptimizerSpec` here; `TrainConfig` refuses a flag
 that the chosen optimizer does not read.
 
-sinkgd, swan and muon normalize the hidden matrices (multinorm_optax's labels:
-2-D and not embed/lm_head/norm) and give everything else AdamW. adamw with
+sinkgd, swan and muon normalize the hidden matrices (multinorm_optax's labels
+under the LLaMA's declared layouts, `weight_dimension_numbers`: its kernels,
+scanned or not, that are not embed/lm_head/norm) and give everything else
+AdamW. adamw with
 `adam_lr` splits the tree the same way: AdamW at lr on the hidden matrices,
 AdamW at adam_lr on the rest (the fair baseline for the two-group recipes).
 """
@@ -24,6 +26,7 @@ import jax
 import optax
 
 import multinorm_optax as mo
+from models.llama import weight_dimension_numbers
 
 if TYPE_CHECKING:
   from pretrain.config import TrainConfig
@@ -93,7 +96,7 @@ def muon_dimension_numbers(params):
       if label == mo.alias.MATRIX
       else None
     ),
-    mo.default_param_labels(params),
+    mo.default_param_labels(params, weight_dimension_numbers),
     params,
   )
 
@@ -105,6 +108,7 @@ def _recipe_options(c: TrainConfig) -> dict:
     update_scale=c.update_scale,
     weight_decay=c.weight_decay,
     weight_decay_mask=_decay_mask(c),
+    dimension_numbers=weight_dimension_numbers,
   )
 
 
@@ -157,7 +161,9 @@ def _adamw(c: TrainConfig, s: Schedules):
   # The fair baseline for the recipes: their two groups, each with its own lr.
   return optax.partition(
     {mo.alias.MATRIX: adamw(s.lr), mo.alias.ADAM: adamw(s.adam)},
-    mo.default_param_labels,
+    functools.partial(
+      mo.default_param_labels, dimension_numbers=weight_dimension_numbers
+    ),
   )
 
 

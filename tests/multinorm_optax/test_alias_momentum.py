@@ -113,3 +113,46 @@ def test_bad_momentum_is_a_clear_error():
     mo.sinkgd(LR, momentum=1.5)
   with pytest.raises(ValueError, match="unknown momentum_order 'sideways'"):
     mo.sinkgd(LR, momentum=0.5, momentum_order="sideways")
+
+
+def _moment_dtypes(state) -> dict:
+  """dtype of AdamW's first and second moments and of the momentum buffer."""
+  found = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    for field in ("mu", "nu", "trace"):
+      if f"/{field}/" in f"/{name}/":
+        found.setdefault(field, set()).add(jnp.dtype(leaf.dtype))
+  return found
+
+
+@pytest.mark.parametrize("make", [mo.sinkgd, mo.swan], ids=["sinkgd", "swan"])
+@pytest.mark.parametrize(
+  "param_dtype, mu_dtype",
+  [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16)],
+  ids=["bf16_params_f32_moments", "f32_params_bf16_moments"],
+)
+@pytest.mark.parametrize("order", mo.alias.MOMENTUM_ORDERS)
+def test_mu_dtype_sets_adams_first_moment_and_the_momentum_buffer(
+  make, param_dtype, mu_dtype, order
+):
+  """As optax.adamw's mu_dtype: the first moment (and our momentum buffer)
+  in mu_dtype, the second moment in the parameters' dtype; the step runs."""
+  params, grads = _params_and_grads(2)
+  params = jax.tree.map(lambda p: p.astype(param_dtype), params)
+  grads = [jax.tree.map(lambda g: g.astype(param_dtype), g) for g in grads]
+  tx = make(LR, momentum=BETA, momentum_order=order, mu_dtype=mu_dtype)
+  state = tx.init(params)
+  want = {
+    "mu": {jnp.dtype(mu_dtype)},
+    "nu": {jnp.dtype(param_dtype)},
+    "trace": {jnp.dtype(mu_dtype)},
+  }
+  assert _moment_dtypes(state) == want
+  for g in grads:
+    u, state = jax.jit(tx.update)(g, state, params)
+  assert _moment_dtypes(state) == want
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+  # Without mu_dtype every moment keeps the parameters' dtype, as before.
+  default = _moment_dtypes(make(LR, momentum=BETA).init(params))
+  assert default == {k: {jnp.dtype(param_dtype)} for k in want}

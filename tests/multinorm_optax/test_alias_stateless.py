@@ -158,7 +158,7 @@ def test_labels_of_stacked_layers_tied_tables_and_biases():
     "classifier": {"kernel": jnp.zeros((8, 4))},
     "temperature": jnp.ones(()),
   }
-  assert mo.stateless_param_labels(params) == {
+  expected = {
     "wte": "embedding",
     "layers": {
       "attn_norm": {"scale": "vector"},
@@ -167,6 +167,12 @@ def test_labels_of_stacked_layers_tied_tables_and_biases():
     "classifier": {"kernel": "head"},
     "temperature": "vector",
   }
+  stacked = lambda path, leaf: mo.DimensionNumbers(leaf.ndim - 2, leaf.ndim - 1)
+  assert mo.stateless_param_labels(params, stacked) == expected
+  # Nothing declared: the (layers, in, out) kernel's axes are unknown, so it
+  # takes the elementwise (sign) step, which needs no layout.
+  expected["layers"]["mlp"]["kernel"] = "vector"
+  assert mo.stateless_param_labels(params) == expected
   # Every group present or absent, the transform runs.
   tx = mo.sinkgd_stateless(LR)
   grads = jax.tree.map(jnp.ones_like, params)

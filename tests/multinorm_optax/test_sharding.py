@@ -77,6 +77,29 @@ def test_sinkgd_keeps_sharding_matches_unsharded_and_only_reduces_vectors(
 
 
 @pytest.mark.parametrize("kind", ["explicit", "auto"])
+def test_sinkgd_long_row_leaf_sums_row_by_row_without_gathering(kind):
+  """A (fan_in, fan_out >= LONG_ROW) leaf, the LM head's orientation, takes
+  the row-by-row sum on CPU: its loop walks each device's own rows, so only
+  vectors cross devices, and the result is the unsharded one."""
+  mesh = _mesh(kind)
+  from multinorm_optax import sinkhorn
+
+  shape, spec = (64, sinkhorn.LONG_ROW), P("fsdp", "tensor")
+  host = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+  sharded = jax.device_put(host, NamedSharding(mesh, spec))
+  tx = mo.scale_by_sinkgd(2, warm_start=True, overflow_guard="on_demand")
+  update = jax.jit(lambda g: tx.update({"k": g}, tx.init({"k": g}))[0]["k"])
+  with jax.set_mesh(mesh):
+    out = update(sharded)
+    hlo = update.lower(sharded).compile().as_text()
+  assert "while" in hlo.lower()
+  assert out.sharding.spec == spec
+  np.testing.assert_allclose(out, update(host), rtol=1e-5, atol=1e-6)
+  vector = shape[1] * 16  # the row blocks' partial sums, at most
+  assert all(size <= vector for _, size in _collectives(hlo)), _collectives(hlo)
+
+
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
 def test_swan_whitening_runs_on_sharded_matrices_and_keeps_sharding(kind):
   mesh = _mesh(kind)
   host, sharded, specs = _grads(mesh)

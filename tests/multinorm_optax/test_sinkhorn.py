@@ -310,3 +310,53 @@ def test_on_demand_guard_on_bfloat16_gradients():
   np.testing.assert_allclose(
     guarded["k"].astype(jnp.float32), expected["k"].astype(jnp.float32)
   )
+
+
+# ----------------------------------------------------------------- orientation
+# A Flax kernel (fan_in, fan_out) with fan_out >= LONG_ROW keeps its long
+# minor axis in the row half-step: that sum runs row by row on CPU.
+LONG = sinkhorn.LONG_ROW
+
+
+@pytest.mark.parametrize("guard", sinkhorn.OVERFLOW_GUARDS)
+@pytest.mark.parametrize(
+  "shape", [(24, LONG), (LONG, 24), (20, LONG + 8)], ids=str
+)
+def test_both_orientations_match_the_float64_reference(shape, guard):
+  """(24, LONG) takes the row-by-row sum (its fan_in 24 has 8 = gcd(24, 16)
+  blocks; 20 has 4), (LONG, 24) the plain reduction: both are SR-Sinkhorn to
+  float32 rounding."""
+  g = _rand(shape, 30)
+  (u,), _ = _steps(
+    mo.scale_by_sinkgd(5, overflow_guard=guard), [{"k": jnp.asarray(g)}]
+  )
+  expected = reference.sr_sinkhorn(g.T.astype(np.float64), 5).T
+  np.testing.assert_allclose(u["k"], expected, rtol=2e-5, atol=2e-5)
+
+
+def test_row_by_row_sum_equals_the_reduction_on_batched_and_scaled_inputs():
+  """Stacked layers, a second reduced axis, a broadcast scale and a 2^-e
+  prescaling: sum_of_squares_by_rows is the plain sum up to rounding."""
+  x = jnp.asarray(_rand((3, 24, 2, LONG), 31))
+  scale = jnp.asarray(np.abs(_rand((3, 24, 2, 1), 32)))
+  amax = jnp.max(jnp.abs(x), axis=(1, 2, 3), keepdims=True)
+  y_of = lambda x, m, s: sinkhorn.to_unit_max(x, m) * s
+  for axes in [(1,), (1, 2)]:
+    got = sinkhorn.sum_of_squares_by_rows(y_of, (x, amax, scale), axes)
+    y = y_of(x, amax, scale)
+    want = jnp.sum(y * y, axis=axes, keepdims=True)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_long_row_orientation_compiles_to_a_row_loop_on_cpu():
+  """The structure, not the speed: the (fan_in, long fan_out) leaf's row sum
+  is a while loop in the CPU program; the transposed leaf has none."""
+  tx = mo.scale_by_sinkgd(1, warm_start=True, overflow_guard="on_demand")
+
+  def hlo(shape):
+    g = {"k": jnp.zeros(shape)}
+    return jax.jit(tx.update).lower(g, tx.init(g)).compile().as_text().lower()
+
+  assert "while" in hlo((64, LONG))  # 4 rows per block of 16
+  assert "while" not in hlo((LONG, 64))
