@@ -1,7 +1,7 @@
 r"""SWAN's whitening modes: accuracy against float64, and what accuracy training needs.
 
-    python benchmarks/swan_whitening.py accuracy          # seconds
-    python benchmarks/swan_whitening.py train             # CPU: 15 tiny runs, ~20 min
+    python -m benchmarks.swan_whitening accuracy          # seconds
+    python -m benchmarks.swan_whitening train             # CPU: 15 tiny runs, ~20 min
 
 ``accuracy``: for each mode of :func:`multinorm_optax.whiten` (and each step
 count given by ``--steps-<mode>``), the singular values of the float32 output
@@ -27,19 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
-
-import multinorm_optax as mo  # noqa: E402
-from multinorm_optax import normalizers as norms  # noqa: E402
+import multinorm_optax as mo
+from benchmarks.common import RESULTS
+from multinorm_optax import normalizers as norms
 
 # (mode, ns_steps or None for the mode's default, seed)
 DEFAULT_RUNS = [
@@ -235,7 +231,7 @@ def main(argv=None):
   p.add_argument(
     "--out",
     type=Path,
-    default=REPO / "benchmarks" / "results" / "swan_whitening_cpu",
+    default=RESULTS / "swan_whitening_cpu",
   )
   p.add_argument(
     "--fast-lower",
