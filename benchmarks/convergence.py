@@ -222,6 +222,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     help="as train.py's; a value other than auto is part of each run's key",
   )
   p.add_argument(
+    "--scan-layers",
+    action="store_true",
+    help="as train.py's (compiles faster on deep models); part of each "
+    "run's key when given",
+  )
+  p.add_argument(
     "--in-process",
     action="store_true",
     help="run the trainings in this process (faster on CPU; peak memory is "
@@ -254,7 +260,7 @@ def sweep_sizes(args) -> Sizes:
     (k, getattr(args, k))
     for k in ("attention", "dtype")
     if getattr(args, k) != "auto"
-  )
+  ) + ((("scan_layers", True),) if args.scan_layers else ())
   return Sizes(
     **{k: getattr(args, k) for k in SIZES["cpu"]},
     alpha=args.alpha,
@@ -300,6 +306,7 @@ def main(argv=None) -> dict:
       "tokenizer": args.tokenizer or "byte",
       "attention": args.attention,
       "dtype": args.dtype,
+      "scan_layers": args.scan_layers,
       "seeds": args.seeds,
       "tune_seed": args.tune_seed,
       "corpora": args.corpora,

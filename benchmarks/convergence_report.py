@@ -194,11 +194,12 @@ def markdown(result: dict) -> str:
         cells.append(f"**{text}**" if match[0] is best else text)
       lines.append(f"| {format_lr(lr)} | " + " | ".join(cells) + " |")
     lines.append("")
+  n = len(s["seeds"])
+  spread = f"{n} seeds (mean ± std)" if n > 1 else "1 seed (no spread)"
   for corpus, summary in result["summary"].items():
     ref = summary["reference"]
     lines += [
-      f"### {corpus}: each optimizer at its tuned point, "
-      f"{len(s['seeds'])} seeds (mean ± std)",
+      f"### {corpus}: each optimizer at its tuned point, {spread}",
       "",
       f"Reference: the best AdamW on this corpus, **{ref}**. Target of a seed: "
       f"{ref}'s final validation loss on that seed.",

@@ -64,6 +64,8 @@ def test_tiny_sweep_writes_tables_plots_and_reusable_runs(out_dir):
   table = (out / "convergence.md").read_text()
   for name in ("adamw", "adamw2", "sinkgd"):
     assert f"| {name} |" in table
+  # One seed: no spread, no verdict drawn from it.
+  assert "1 seed (no spread)" in table and "± 0.0000" not in table
   result = json.loads((out / "convergence.json").read_text())
   runs = result["final_runs"]
   assert [r["variant"] for r in runs] == ["adamw", "adamw2", "sinkgd"]
