@@ -11,6 +11,7 @@ skipped. Its tables are made from those records at the end, or by
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -177,6 +178,12 @@ def tree_bytes(tree) -> int:
 
 
 # ------------------------------------------------------------------ plots
+
+
+def can_plot() -> bool:
+  """Whether matplotlib is there (a GPU image may lack it: the tables are
+  written either way, the plots only with it)."""
+  return importlib.util.find_spec("matplotlib") is not None
 
 
 def panels(count: int, width: float, height: float):

@@ -62,6 +62,7 @@ from benchmarks.common import (
   RECORDS,
   RecordWriter,
   argv_of,
+  can_plot,
   command_line,
   csv_list,
   default_out,
@@ -384,7 +385,8 @@ def main(argv=None) -> dict:
   (out / "convergence.json").write_text(json.dumps(result))
   table = markdown(result)
   (out / "convergence.md").write_text(table)
-  plot(result, out)
+  if can_plot():
+    plot(result, out)
   print("\n" + table, flush=True)
   return result
 

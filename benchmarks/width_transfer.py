@@ -38,6 +38,7 @@ from benchmarks.common import (
   RECORDS,
   RecordWriter,
   argv_of,
+  can_plot,
   command_line,
   csv_list,
   default_out,
@@ -326,7 +327,8 @@ def main(argv=None) -> dict:
   (out / "width_transfer.json").write_text(json.dumps(result))
   table = markdown(result)
   (out / "width_transfer.md").write_text(table)
-  plot(result, out)
+  if can_plot():
+    plot(result, out)
   print("\n" + table, flush=True)
   return result
 
