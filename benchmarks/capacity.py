@@ -1,7 +1,7 @@
 r"""Device memory of train.py's step per model and optimizer, from the compiler.
 
-    python benchmarks/capacity.py --cpu-devices 8          # a simulated 8-way mesh
-    python benchmarks/capacity.py --models 350m,1b --optimizers adamw,sinkgd
+    python -m benchmarks.capacity --cpu-devices 8          # a simulated 8-way mesh
+    python -m benchmarks.capacity --models 350m,1b --optimizers adamw,sinkgd
 
 For each model config and optimizer, train.py's own jitted train step
 (``pretrain.step.jitted_train_step`` of a ``TrainConfig``) is lowered on abstract
@@ -36,29 +36,32 @@ opt_state_bytes, peak_bytes, ...) and ``capacity.md`` (the tables).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/capacity.py` from a checkout
-  sys.path.insert(0, str(REPO))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import pretrain.config  # noqa: E402
-import pretrain.optim  # noqa: E402
-import pretrain.runtime  # noqa: E402
-import pretrain.step  # noqa: E402
-from benchmarks.step_cost import csv_list  # noqa: E402
-from models.llama import CONFIGS, count_params  # noqa: E402
-from pretrain import mesh as meshlib  # noqa: E402
-from pretrain.config import TrainConfig  # noqa: E402
+import pretrain.config
+import pretrain.optim
+import pretrain.runtime
+import pretrain.step
+from benchmarks.common import (
+  RECORDS,
+  RecordWriter,
+  argv_of,
+  command_line,
+  csv_list,
+  default_out,
+  now,
+  read_records,
+)
+from models.llama import CONFIGS, count_params
+from pretrain import mesh as meshlib
+from pretrain.config import TrainConfig
 
 MODELS = ("tiny", "60m", "130m", "350m", "1b", "7b")
 OPTIMIZERS = ("adamw", "sinkgd", "swan", "muon")
@@ -269,36 +272,40 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> list[dict]:
-  """Runs the analysis; writes capacity.json and capacity.md; returns the rows."""
+  """Runs the analysis; writes its records, capacity.json and capacity.md;
+  returns the rows."""
   args = parse_args(argv)
   pretrain.runtime.setup_runtime(TrainConfig(cpu_devices=args.cpu_devices))
   platform = jax.default_backend()
-  out = args.out or REPO / "benchmarks" / "results" / f"capacity_{platform}"
-  argv_list = sys.argv[1:] if argv is None else list(argv)
+  out = args.out or default_out("capacity", platform)
+  argv_list = argv_of(argv)
+  device = jax.devices()[0]
   meta = {
     "platform": platform,
-    "device_kind": jax.devices()[0].device_kind,
+    "device_kind": device.device_kind,
     "jax": jax.__version__,
-    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    "command": " ".join(["python benchmarks/capacity.py", *argv_list]),
+    "date": now(),
+    "command": command_line("capacity", argv_list),
+    # What the allocator says it may use (None where the device does not
+    # count): the budget a real run has, unlike --memory-gib's.
+    "memory_stats": device.memory_stats(),
   }
-  rows = []
-  for model in args.models:
-    for optimizer in args.optimizers:
-      row = measure(args, model, optimizer)
-      rows.append(row)
-      print(
-        f"{model:5s} {optimizer:7s} params {_gib(row['param_bytes'])} GiB, "
-        f"opt state {_gib(row['opt_state_bytes'])} GiB, peak "
-        f"{_gib(row['peak_bytes'])} GiB at {row['batch_per_device']} "
-        f"seq/device, max {row['max_batch_per_device']} seq/device "
-        f"(compiles {row['memory_analysis']['batch']['compile_s']:.0f}s, "
-        f"{row['memory_analysis']['batch_2x']['compile_s']:.0f}s)",
-        flush=True,
-      )
+  with RecordWriter(out / RECORDS) as records:
+    for model in args.models:
+      for optimizer in args.optimizers:
+        row = measure(args, model, optimizer)
+        records.write({**row, "metadata": meta})
+        print(
+          f"{model:5s} {optimizer:7s} params {_gib(row['param_bytes'])} GiB, "
+          f"opt state {_gib(row['opt_state_bytes'])} GiB, peak "
+          f"{_gib(row['peak_bytes'])} GiB at {row['batch_per_device']} "
+          f"seq/device, max {row['max_batch_per_device']} seq/device "
+          f"(compiles {row['memory_analysis']['batch']['compile_s']:.0f}s, "
+          f"{row['memory_analysis']['batch_2x']['compile_s']:.0f}s)",
+          flush=True,
+        )
+  rows = read_records(out / RECORDS)
   out.mkdir(parents=True, exist_ok=True)
-  for r in rows:
-    r["metadata"] = meta
   (out / "capacity.json").write_text(json.dumps(rows, indent=1))
   table = markdown(rows, meta)
   (out / "capacity.md").write_text(table)

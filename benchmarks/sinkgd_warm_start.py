@@ -40,20 +40,17 @@ import numpy as np
 import optax
 from flax import nnx
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
-
-import multinorm_optax as mo  # noqa: E402
-import pretrain.data  # noqa: E402
-import pretrain.optim  # noqa: E402
-import pretrain.runtime  # noqa: E402
-import pretrain.state  # noqa: E402
-import pretrain.step  # noqa: E402
-from models.llama import create_sharded_model  # noqa: E402
-from pretrain import mesh as meshlib  # noqa: E402
-from pretrain.config import TrainConfig  # noqa: E402
-from pretrain.tokenizer import load_tokenizer  # noqa: E402
+import multinorm_optax as mo
+import pretrain.data
+import pretrain.optim
+import pretrain.runtime
+import pretrain.state
+import pretrain.step
+from benchmarks.common import RESULTS
+from models.llama import create_sharded_model
+from pretrain import mesh as meshlib
+from pretrain.config import TrainConfig
+from pretrain.tokenizer import load_tokenizer
 
 # Variant -> the TrainConfig fields that make it.
 VARIANTS = {
@@ -183,9 +180,7 @@ def main(argv=None) -> dict:
     default=",".join(VARIANTS),
     help=f"comma-separated, from {', '.join(VARIANTS)}",
   )
-  p.add_argument(
-    "--out", default=str(REPO / "benchmarks/results/sinkgd_warm_start_cpu")
-  )
+  p.add_argument("--out", default=str(RESULTS / "sinkgd_warm_start_cpu"))
   args = p.parse_args(argv)
   names = [n.strip() for n in args.variants.split(",") if n.strip()]
   bad = [n for n in names if n not in VARIANTS]

@@ -1,7 +1,8 @@
 r"""Cost of one optimizer step, and optimizer-state bytes, on LLaMA-shaped parameter trees.
 
-    python benchmarks/step_cost.py                          # CPU: tiny,60m; GPU/TPU: 60m..1b
-    python benchmarks/step_cost.py --models 1b --grad-dtypes bfloat16 --optimizers adamw,sinkgd_l5
+    python -m benchmarks.step_cost                  # CPU: tiny,60m; GPU/TPU: 60m..1b
+    python -m benchmarks.step_cost --models 1b --grad-dtypes bfloat16 \
+        --optimizers adamw,sinkgd_l5
 
 What is timed: one update, ``tx.update`` then ``optax.apply_updates``, jitted
 together with the parameters and the optimizer state donated, so it runs in
@@ -21,8 +22,9 @@ normalization materialized), sinkgd_l5_spectral (``update_scale="spectral"``),
 sinkgd_stateless (``sinkgd_stateless``: no AdamW state at all), sinkgd_warm_l1
 (``--warm-start``, one round), sinkgd_guard (``--overflow-guard on_demand``,
 five rounds) and sinkgd_fast (both, one round). Each is ``pretrain.optim.make_optimizer`` of a
-``TrainConfig`` (``CASES`` names the fields that differ): the very optimizer
-``train.py`` runs, at its default peak learning rate and schedule.
+``TrainConfig`` (``CASES`` names the variants, ``benchmarks.variants`` holds the
+fields that differ): the very optimizer ``train.py`` runs, at its default peak
+learning rate and schedule.
 
 Baseline, in the same run and on the same parameter tree: a device copy of
 every parameter (``jnp.copy`` per leaf, jitted, into a donated buffer of the
@@ -63,21 +65,19 @@ for the platform it runs on, not a measurement: it is free of timing noise and
 shows what fused.
 
 Outputs in ``--out`` (default ``benchmarks/results/step_cost_<platform>``):
-``step_cost.json`` (every measurement and the machine, library versions, date
-and command line) and ``step_cost.md`` (the tables, also printed at the end).
+``records.jsonl`` (one record per case as it is measured: a run cut short keeps
+what it finished), ``step_cost.json`` (every measurement and the machine,
+library versions, date and command line) and ``step_cost.md`` (the tables,
+also printed at the end).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import os
-import platform as platform_lib
 import re
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -89,62 +89,60 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-REPO = Path(__file__).resolve().parents[1]
-if (
-  str(REPO) not in sys.path
-):  # `python benchmarks/step_cost.py` from a checkout
-  sys.path.insert(0, str(REPO))
-
-import multinorm_optax as mo  # noqa: E402
-import pretrain.optim  # noqa: E402
-from models.llama import abstract_params, get_config  # noqa: E402
-from pretrain import mesh as meshlib  # noqa: E402
-from pretrain.config import TrainConfig  # noqa: E402
+import multinorm_optax as mo
+import pretrain.optim
+from benchmarks import variants
+from benchmarks.common import (
+  RECORDS,
+  RecordWriter,
+  argv_of,
+  command_line,
+  csv_list,
+  default_out,
+  human_bytes,
+  now,
+  read_records,
+  tree_bytes,
+  versions,
+  write_outputs,
+)
+from models.llama import abstract_params, get_config
+from pretrain import mesh as meshlib
+from pretrain.config import TrainConfig
 
 ACCELERATOR_MODELS = ("60m", "130m", "350m", "1b")
 CPU_MODELS = ("tiny", "60m")
 
 
-# Benchmark case -> the TrainConfig fields that make it.
-CASES: dict[str, dict[str, Any]] = {
-  "sgd": dict(optimizer="sgd"),
-  "adamw": dict(optimizer="adamw"),
-  "adafactor": dict(optimizer="adafactor"),
-  "muon": dict(optimizer="muon"),
-  "swan": dict(optimizer="swan"),
+# The cases, in table order: names of `benchmarks.variants.VARIANTS` (a new
+# case is a variant there and its name here).
+CASES = (
+  "sgd",
+  "adamw",
+  "adafactor",
+  "muon",
+  "swan",
   # Each whitening mode of multinorm_optax.whiten, named.
-  "swan_fast": dict(optimizer="swan", swan_whiten="fast"),
-  "swan_fast3": dict(optimizer="swan", swan_whiten="fast", ns_steps=3),
-  "swan_exact": dict(optimizer="swan", swan_whiten="exact"),
-  "swan_newton_schulz": dict(optimizer="swan", swan_whiten="newton_schulz"),
-  "sinkgd_l1": dict(optimizer="sinkgd", num_iters=1),
-  "sinkgd_l5": dict(optimizer="sinkgd", num_iters=5),
-  "sinkgd_l5_reference": dict(
-    optimizer="sinkgd", num_iters=5, sinkgd_impl="reference"
-  ),
-  "sinkgd_l5_spectral": dict(
-    optimizer="sinkgd", num_iters=5, update_scale="spectral"
-  ),
-  # No AdamW: per-token embedding, SR-Sinkhorn head, sign for norm scales.
-  "sinkgd_stateless": dict(optimizer="sinkgd_stateless", num_iters=5),
+  "swan_fast",
+  "swan_fast3",
+  "swan_exact",
+  "swan_newton_schulz",
+  "sinkgd_l1",
+  "sinkgd_l5",
+  "sinkgd_l5_reference",
+  "sinkgd_l5_spectral",
+  "sinkgd_stateless",
   # The cheaper-step options: warm-started L=1, no separate max|G| read, both.
-  "sinkgd_warm_l1": dict(optimizer="sinkgd", num_iters=1, warm_start=True),
-  "sinkgd_guard": dict(
-    optimizer="sinkgd", num_iters=5, overflow_guard="on_demand"
-  ),
-  "sinkgd_fast": dict(
-    optimizer="sinkgd",
-    num_iters=1,
-    warm_start=True,
-    overflow_guard="on_demand",
-  ),
-}
+  "sinkgd_warm_l1",
+  "sinkgd_guard",
+  "sinkgd_fast",
+)
 OPTIMIZERS = tuple(CASES)
 
 
 def case_config(name: str) -> TrainConfig:
   """The TrainConfig of benchmark case `name` (train.py's defaults otherwise)."""
-  return TrainConfig(**CASES[name])
+  return variants.config(name)
 
 
 def build_tx(name: str) -> optax.GradientTransformation:
@@ -182,13 +180,6 @@ def random_tree(shapes, key, dtype, scale: float):
     )
 
   return jax.block_until_ready(draw(key))
-
-
-def tree_bytes(tree) -> int:
-  return sum(
-    math.prod(x.shape) * np.dtype(x.dtype).itemsize
-    for x in jax.tree.leaves(tree)
-  )
 
 
 def state_bytes(tx, params) -> tuple[int, int]:
@@ -503,13 +494,6 @@ def count_passes(tx, shape: tuple[int, int], grad_dtype) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def human_bytes(n: int) -> str:
-  for unit in ("B", "KiB", "MiB", "GiB"):
-    if n < 1024 or unit == "GiB":
-      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-    n /= 1024
-
-
 def markdown(result: dict) -> str:
   meta = result["metadata"]
   lines = [
@@ -583,39 +567,9 @@ def markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _versions() -> dict:
-  import flax
-  import jaxlib
-
-  return {
-    "jax": jax.__version__,
-    "jaxlib": jaxlib.__version__,
-    "optax": optax.__version__,
-    "flax": flax.__version__,
-    "numpy": np.__version__,
-    "multinorm_optax": mo.__version__,
-    "python": platform_lib.python_version(),
-  }
-
-
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
-
-
-def csv_list(text: str) -> list[str]:
-  """A comma-separated command-line value as a list, blanks dropped."""
-  return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def float_list(text: str) -> list[float]:
-  """A comma-separated command-line value as floats, blanks dropped."""
-  return [float(x) for x in csv_list(text)]
-
-
-def int_list(text: str) -> list[int]:
-  """A comma-separated command-line value as ints, blanks dropped."""
-  return [int(x) for x in csv_list(text)]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -677,12 +631,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument("--seed", type=int, default=0)
   p.add_argument(
-    "--orientation",
-    action="store_true",
-    help="only the SR-Sinkhorn orientation table (ORIENTATION_SHAPES and the "
-    "60m tree with every leaf normalized), cases interleaved",
-  )
-  p.add_argument(
     "--out",
     type=Path,
     default=None,
@@ -703,111 +651,50 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-# ---------------------------------------------------------------------------
-# SR-Sinkhorn and the matrix's orientation (--orientation)
-# ---------------------------------------------------------------------------
-
-# (case, leaf shapes or model) -> optimizer; each is timed side by side with
-# AdamW on the same tree. An LM head of the 60m model, Flax (d_model, vocab),
-# its transpose, and an MLP kernel; then the whole 60m tree with every leaf
-# of two or more axes normalized (embedding and head too), and with no state.
-ORIENTATION_SHAPES = ((512, 32000), (32000, 512), (512, 1376))
-
-
-def orientation_table(plan: TimingPlan, seed: int = 0) -> dict:
-  """Step times of AdamW and SR-Sinkhorn per orientation, interleaved.
-
-  Every case is compiled first; then each of ``plan.repeats`` rounds takes
-  one sample of every case in turn, so a load change on a shared machine
-  moves all of them alike. Returns {tree: {case: median ms}} plus ratios.
-  """
-  every_leaf = lambda p: jax.tree.map(
-    lambda x: "multinorm" if x.ndim >= 2 else "adam", p
-  )
-  warm = dict(num_iters=1, warm_start=True, overflow_guard="on_demand")
-  head_cases = {
-    "adamw": optax.adamw(1e-3),
-    "sinkgd_warm_l1_guard": mo.sinkgd(1e-3, param_labels=every_leaf, **warm),
-    "sinkgd_cold_l5": mo.sinkgd(1e-3, num_iters=5, param_labels=every_leaf),
-  }
-  tree_cases = {
-    "adamw": build_tx("adamw"),
-    "sinkgd_warm_l1_guard_every_leaf": mo.sinkgd(
-      1e-3, param_labels=every_leaf, **warm
-    ),
-    "sinkgd_fast": build_tx("sinkgd_fast"),
-    "sinkgd_stateless": build_tx("sinkgd_stateless"),
-  }
-  trees = {
-    f"{a}x{b}": (
-      {"head": {"kernel": jax.ShapeDtypeStruct((a, b), jnp.float32)}},
-      head_cases,
-    )
-    for a, b in ORIENTATION_SHAPES
-  }
-  trees["60m"] = (param_shapes("60m"), tree_cases)
-  key = jax.random.key(seed)
-  result = {}
-  for tree_name, (shapes, cases) in trees.items():
-    key, pkey, gkey = jax.random.split(key, 3)
-    params = random_tree(shapes, pkey, jnp.float32, 0.02)
-    grads = random_tree(shapes, gkey, jnp.float32, 1.0)
-    runs = {}
-    for name, tx in cases.items():
-      run = {"params": jax.tree.map(jnp.copy, params), "grads": grads}
-      run["state"] = jax.jit(tx.init)(run["params"])
-      run["step"] = (
-        jax.jit(optimizer_step(tx), donate_argnums=(0, 1))
-        .lower(run["params"], run["state"], grads)
-        .compile()
-      )
-      runs[name] = run
-
-    def sample(run) -> float:
-      t0 = time.perf_counter()
-      for _ in range(plan.calls):
-        run["params"], run["state"] = run["step"](
-          run["params"], run["state"], run["grads"]
-        )
-      jax.block_until_ready((run["params"], run["state"]))
-      return 1e3 * (time.perf_counter() - t0) / plan.calls
-
-    samples = {name: [] for name in runs}
-    for i in range(plan.warmup + plan.repeats):
-      for name, run in runs.items():
-        ms = sample(run)
-        if i >= plan.warmup:
-          samples[name].append(ms)
-    medians = {k: statistics.median(v) for k, v in samples.items()}
-    result[tree_name] = {
-      "median_ms": medians,
-      "samples_ms": samples,
-      "ratio_to_adamw": {k: v / medians["adamw"] for k, v in medians.items()},
-    }
-    print(tree_name, {k: round(v, 2) for k, v in medians.items()}, flush=True)
-    del params, grads, runs
-  return result
-
-
-def orientation_markdown(result: dict) -> str:
-  """The --orientation table: median ms and the ratio to AdamW per case."""
-  lines = ["| tree | case | median ms | / AdamW |", "|---|---|---|---|"]
-  for tree, entry in result.items():
-    for case, ms in entry["median_ms"].items():
-      ratio = entry["ratio_to_adamw"][case]
-      lines.append(f"| {tree} | {case} | {ms:.2f} | {ratio:.2f}x |")
-  return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> dict:
-  """Runs the benchmark, writes ``step_cost.json`` and ``step_cost.md``; returns the JSON dict."""
+  """Runs the benchmark, writes its records, ``step_cost.json`` and
+  ``step_cost.md``; returns the JSON dict."""
   args = parse_args(argv)
   with warnings.catch_warnings():
     # sgd has no state to donate; XLA would say so for every call.
     warnings.filterwarnings(
       "ignore", message="Some donated buffers were not usable"
     )
-    return run(args, sys.argv[1:] if argv is None else list(argv))
+    return run(args, argv_of(argv))
+
+
+def from_records(records: list[dict]) -> dict:
+  """The result (as ``step_cost.json`` holds it) of the records written so
+  far: a run cut short gives the cases it finished."""
+  result = {"models": []}
+  passes = []
+  for r in records:
+    kind = r.pop("kind")
+    if kind == "metadata":
+      result.update(r)
+    elif kind == "model":
+      result["models"].append({**r, "steps": []})
+    elif kind == "step":
+      entry = next(m for m in result["models"] if m["model"] == r["model"])
+      entry["steps"].append(r)
+    elif kind == "hlo_passes":
+      passes.append(r)
+  for m in result["models"]:
+    adamw = {
+      r["grad_dtype"]: r["median_ms"]
+      for r in m["steps"]
+      if r["optimizer"] == "adamw"
+    }
+    for r in m["steps"]:
+      base = adamw.get(r["grad_dtype"])
+      r["ratio_to_adamw"] = None if base is None else r["median_ms"] / base
+  if passes:
+    result["hlo_passes"] = {
+      "model": passes[0]["model"],
+      "shape": passes[0]["shape"],
+      "rows": passes,
+    }
+  return result
 
 
 def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
@@ -820,49 +707,42 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
     calls=args.calls or (1 if on_cpu else 5),
     max_seconds=args.max_seconds,
   )
-  out = args.out or REPO / "benchmarks" / "results" / f"step_cost_{platform}"
-  if args.orientation:
-    table = orientation_table(plan, args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "orientation.json").write_text(
-      json.dumps(
-        {
-          "command": " ".join(["python benchmarks/step_cost.py", *argv_list]),
-          "cpu_count": os.cpu_count(),
-          "timing": plan._asdict(),
-          **_versions(),
-          "trees": table,
-        },
-        indent=1,
-      )
-    )
-    (out / "orientation.md").write_text(orientation_markdown(table))
-    print(orientation_markdown(table))
-    return table
+  out = args.out or default_out("step_cost", platform)
   device = jax.devices()[0]
-  command = " ".join(["python benchmarks/step_cost.py", *argv_list])
   print(
     f"{device.device_kind} ({platform}); models {','.join(models)}; "
     f"optimizers {','.join(args.optimizers)}; grads {','.join(args.grad_dtypes)}; "
     f"{plan.repeats} samples of {plan.calls} step(s)",
     flush=True,
   )
+  with RecordWriter(out / RECORDS) as records:
+    records.write(
+      {
+        "kind": "metadata",
+        "metadata": {
+          "platform": platform,
+          "device_kind": device.device_kind,
+          "device_count": jax.device_count(),
+          "cpu_count": os.cpu_count(),
+          "date": now(),
+          "command": command_line("step_cost", argv_list),
+          "argv": argv_list,
+          **versions(),
+        },
+        "learning_rate": {
+          name: case_config(name).lr for name in args.optimizers
+        },
+        "timing": plan._asdict(),
+      }
+    )
+    measure(args, models, plan, records)
+  result = from_records(read_records(out / RECORDS))
+  write_outputs(out, "step_cost", result, markdown(result))
+  return result
 
-  result = {
-    "metadata": {
-      "platform": platform,
-      "device_kind": device.device_kind,
-      "device_count": jax.device_count(),
-      "cpu_count": os.cpu_count(),
-      "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-      "command": command,
-      "argv": argv_list,
-      **_versions(),
-    },
-    "learning_rate": {name: case_config(name).lr for name in args.optimizers},
-    "timing": plan._asdict(),
-    "models": [],
-  }
+
+def measure(args, models: list[str], plan: TimingPlan, records) -> None:
+  """Times every case and counts passes, one record each as it finishes."""
   key = jax.random.key(args.seed)
   for model in models:
     shapes = param_shapes(model)
@@ -875,20 +755,20 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
     }
     entry.update(time_memory_baselines(params, plan))
     entry["pass_ms"] = entry["copy"]["median_ms"] / 2
+    records.write({"kind": "model", **entry})
     print(
       f"{model}: {entry['num_params'] / 1e6:.1f}M params, copy "
       f"{entry['copy']['median_ms']:.3f} ms, read {entry['read']['median_ms']:.3f} ms",
       flush=True,
     )
-    entry["steps"] = []
     for grad_dtype in args.grad_dtypes:
       grads = random_tree(shapes, gkey, jnp.dtype(grad_dtype), 1.0)
-      rows = []
       for name in args.optimizers:
         tx = build_tx(name)
         total, matrices = state_bytes(tx, shapes)
         timing = time_optimizer(tx, params, grads, plan)
         row = {
+          "model": model,
           "optimizer": name,
           "grad_dtype": grad_dtype,
           **timing,
@@ -896,41 +776,32 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
           "state_bytes": total,
           "state_bytes_matrices": matrices,
         }
-        rows.append(row)
+        records.write({"kind": "step", **row})
         print(
           f"  {grad_dtype:8s} {name:20s} {row['median_ms']:10.3f} ms "
           f"{row['passes']:6.1f} passes  ({row['repeats']} samples, "
           f"compile {row['compile_s']:.1f} s)",
           flush=True,
         )
-      adamw = next(
-        (r["median_ms"] for r in rows if r["optimizer"] == "adamw"), None
-      )
-      for r in rows:
-        r["ratio_to_adamw"] = None if adamw is None else r["median_ms"] / adamw
-      entry["steps"] += rows
       del grads
     del params
-    result["models"].append(entry)
 
   if args.count_passes:
     model = models[-1]
     shape = param_shapes(model)["layers"][0]["mlp"]["up_proj"]["kernel"].shape
-    rows = []
     for grad_dtype in args.grad_dtypes:
       for name in args.optimizers:
         counts = count_passes(build_tx(name), shape, jnp.dtype(grad_dtype))
-        rows.append({"optimizer": name, "grad_dtype": grad_dtype, **counts})
-    result["hlo_passes"] = {"model": model, "shape": list(shape), "rows": rows}
-
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "step_cost.json").write_text(json.dumps(result, indent=1))
-  table = markdown(result)
-  (out / "step_cost.md").write_text(table)
-  print()
-  print(table)
-  print(f"Wrote {out / 'step_cost.json'} and {out / 'step_cost.md'}")
-  return result
+        records.write(
+          {
+            "kind": "hlo_passes",
+            "model": model,
+            "shape": list(shape),
+            "optimizer": name,
+            "grad_dtype": grad_dtype,
+            **counts,
+          }
+        )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 r"""SWAN's whitening modes: accuracy against float64, and what accuracy training needs.
 
-    python benchmarks/swan_whitening.py accuracy          # seconds
-    python benchmarks/swan_whitening.py train             # CPU: 15 tiny runs, ~20 min
+    python -m benchmarks.swan_whitening accuracy          # seconds
+    python -m benchmarks.swan_whitening train             # CPU: 15 tiny runs, ~20 min
 
-``accuracy``: for each mode of :func:`multinorm_optax.whiten` (and each step
-count given by ``--steps-<mode>``), the singular values of the float32 output
+``accuracy``: at each matmul precision of ``--precisions`` (default: jax's
+default; ``default,highest`` on a GPU shows what TF32 costs), for each mode of
+:func:`multinorm_optax.whiten` (and each step count of ``--modes``), the singular values of the float32 output
 against the float64 reference ``U V^T`` (SVD of the same float32 input; on a
 rank-deficient input, ``U_r V_r^T`` over the singular values above 1e-5 of the
 largest). Inputs are ``(256, 1024)`` with singular values spaced
@@ -27,19 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
-
-import multinorm_optax as mo  # noqa: E402
-from multinorm_optax import normalizers as norms  # noqa: E402
+import multinorm_optax as mo
+from benchmarks.common import RECORDS, RESULTS, RecordWriter, csv_list, int_list
+from multinorm_optax import normalizers as norms
 
 # (mode, ns_steps or None for the mode's default, seed)
 DEFAULT_RUNS = [
@@ -101,19 +98,35 @@ def accuracy_row(g: np.ndarray, mode: str, ns_steps) -> dict:
   }
 
 
-def accuracy(args) -> list[dict]:
+def accuracy(args, records) -> list[dict]:
+  """Every (precision, mode, steps, input) row, each recorded as it is made.
+
+  A precision is jax's default matmul precision for the whiten's products:
+  "default" is TF32 on an Ampere/Hopper GPU (float32 on a CPU), "highest"
+  full float32."""
   rows = []
-  for mode, steps in args.modes:
-    for kind in ("1", "1e2", "1e3", "1e4", "rank-deficient"):
-      row = {"mode": mode, "ns_steps": steps, "input": kind}
-      row.update(accuracy_row(test_matrix(kind), mode, steps))
-      rows.append(row)
-      print(
-        f"| {mode} | {steps or 'default'} | {kind} | {row['sv_min']:.2e} | "
-        f"{row['sv_max']:.6f} | {row['null_sv_max']:.1e} | "
-        f"{row['max_abs_err']:.1e} |",
-        flush=True,
-      )
+  platform = jax.default_backend()
+  for precision in args.precisions:
+    for mode, steps in args.modes:
+      for kind in ("1", "1e2", "1e3", "1e4", "rank-deficient"):
+        row = {
+          "precision": precision,
+          "platform": platform,
+          "mode": mode,
+          "ns_steps": steps,
+          "input": kind,
+        }
+        g = test_matrix(kind, *args.shape)
+        with jax.default_matmul_precision(precision):
+          row.update(accuracy_row(g, mode, steps))
+        rows.append(row)
+        records.write(row)
+        print(
+          f"| {precision} | {mode} | {steps or 'default'} | {kind} | "
+          f"{row['sv_min']:.2e} | {row['sv_max']:.6f} | "
+          f"{row['null_sv_max']:.1e} | {row['max_abs_err']:.1e} |",
+          flush=True,
+        )
   return rows
 
 
@@ -222,6 +235,19 @@ def main(argv=None):
     "step counts)",
   )
   p.add_argument(
+    "--precisions",
+    type=csv_list,
+    default=["default"],
+    help="accuracy: jax matmul precisions to whiten at, e.g. default,highest "
+    "(%(default)s)",
+  )
+  p.add_argument(
+    "--shape",
+    type=int_list,
+    default=[256, 1024],
+    help="accuracy: the test matrices' m,n (%(default)s)",
+  )
+  p.add_argument(
     "--runs",
     type=_runs,
     default=DEFAULT_RUNS,
@@ -235,7 +261,7 @@ def main(argv=None):
   p.add_argument(
     "--out",
     type=Path,
-    default=REPO / "benchmarks" / "results" / "swan_whitening_cpu",
+    default=RESULTS / "swan_whitening_cpu",
   )
   p.add_argument(
     "--fast-lower",
@@ -253,10 +279,11 @@ def main(argv=None):
   args.out.mkdir(parents=True, exist_ok=True)
   if args.what == "accuracy":
     print(
-      "| mode | ns_steps | input cond | min sv | max sv | null sv | "
-      "max abs err |\n|---|---|---|---:|---:|---:|---:|"
+      "| precision | mode | ns_steps | input cond | min sv | max sv | "
+      "null sv | max abs err |\n|---|---|---|---|---:|---:|---:|---:|"
     )
-    rows = accuracy(args)
+    with RecordWriter(args.out / RECORDS) as records:
+      rows = accuracy(args, records)
     (args.out / "accuracy.json").write_text(json.dumps(rows, indent=1))
   else:
     train_runs(args)

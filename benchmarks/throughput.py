@@ -1,7 +1,7 @@
 r"""End-to-end train-step time, tokens/s and MFU per optimizer, side by side.
 
-    python benchmarks/throughput.py                     # tiny, CPU
-    python benchmarks/throughput.py --model 350m --batch-size 64 --seq-len 256 \
+    python -m benchmarks.throughput                     # tiny, CPU
+    python -m benchmarks.throughput --model 350m --batch-size 64 --seq-len 256 \
         --dtype bfloat16 --remat block --scan-layers     # one GPU
 
 Every optimizer runs train.py's own jitted train step
@@ -22,32 +22,35 @@ Outputs in ``--out`` (default ``benchmarks/results/throughput_<platform>``):
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if (
-  str(REPO) not in sys.path
-):  # `python benchmarks/throughput.py` from a checkout
-  sys.path.insert(0, str(REPO))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-import pretrain.config  # noqa: E402
-import pretrain.optim  # noqa: E402
-import pretrain.runtime  # noqa: E402
-import pretrain.state  # noqa: E402
-import pretrain.step  # noqa: E402
-from benchmarks.step_cost import csv_list  # noqa: E402
-from models.llama import create_sharded_model  # noqa: E402
-from pretrain import mesh as meshlib  # noqa: E402
-from pretrain.config import TrainConfig  # noqa: E402
-from pretrain.flops import flops_per_token, mfu, peak_flops  # noqa: E402
+import pretrain.config
+import pretrain.optim
+import pretrain.runtime
+import pretrain.state
+import pretrain.step
+from benchmarks import variants
+from benchmarks.common import (
+  RECORDS,
+  RecordWriter,
+  argv_of,
+  command_line,
+  csv_list,
+  default_out,
+  now,
+  read_records,
+  versions,
+  write_outputs,
+)
+from models.llama import attention_impl, create_sharded_model
+from pretrain import mesh as meshlib
+from pretrain.config import TrainConfig
+from pretrain.flops import flops_per_token, mfu, peak_flops
 
 OPTIMIZERS = ("adamw", "sinkgd", "swan", "muon")
 
@@ -91,23 +94,46 @@ def run_steps(run: dict, n: int) -> float:
   return time.perf_counter() - t0
 
 
-def summarize(run: dict, steps: int) -> dict:
-  config, mesh = run["config"], run["mesh"]
-  step_s = statistics.median(run["windows"]) / steps
-  tokens = config.batch_size * config.seq_len
-  tokens_per_s = tokens / step_s
-  fpt = flops_per_token(run["model_config"], config.seq_len)
-  peak = peak_flops(mesh.devices.flat[0])
+def summarize(compiled: dict, windows: list[float], steps: int) -> dict:
+  """A row of the table: the `compiled` record of one optimizer and its
+  timed windows so far."""
+  step_s = statistics.median(windows) / steps
+  tokens_per_s = compiled["tokens_per_step"] / step_s
+  devices = compiled["devices"]
   return {
-    "optimizer": config.optimizer,
+    "optimizer": compiled["optimizer"],
     "step_ms": 1e3 * step_s,
-    "window_ms": [1e3 * w / steps for w in run["windows"]],
+    "window_ms": [1e3 * w / steps for w in windows],
     "tokens_per_s": tokens_per_s,
-    "tokens_per_s_per_device": tokens_per_s / mesh.devices.size,
-    "mfu": mfu(tokens_per_s, fpt, mesh.devices.size, peak),
-    "flops_per_token": fpt,
-    "compile_s": run["compile_s"],
+    "tokens_per_s_per_device": tokens_per_s / devices,
+    "mfu": mfu(
+      tokens_per_s, compiled["flops_per_token"], devices, compiled["peak"]
+    ),
+    "flops_per_token": compiled["flops_per_token"],
+    "compile_s": compiled["compile_s"],
   }
+
+
+def from_records(records: list[dict]) -> dict:
+  """The result of the records written so far: every optimizer with a timed
+  window, each from the windows it finished."""
+  result, compiled, windows = {}, {}, {}
+  for r in records:
+    kind = r.pop("kind")
+    if kind == "metadata":
+      result.update(r)
+    elif kind == "compiled":
+      compiled[r["optimizer"]] = r
+    elif kind == "window":
+      windows.setdefault(r["optimizer"], []).append(r["seconds"])
+  steps = result.get("config", {}).get("steps", 1)
+  result["rows"] = [
+    summarize(c, windows[name], steps)
+    for name, c in compiled.items()
+    if windows.get(name)
+  ]
+  result["compiled_only"] = [n for n in compiled if not windows.get(n)]
+  return result
 
 
 def markdown(result: dict) -> str:
@@ -118,7 +144,7 @@ def markdown(result: dict) -> str:
     f"{c['model']}, batch {c['batch_size']} x {c['seq_len']} tokens"
     f" (grad accum {c['grad_accum']}), {m['dtype']} compute, remat "
     f"{c['remat']}, layers {'scanned' if c['scan_layers'] else 'unrolled'}, "
-    f"mesh {m['mesh']}. Median of {c['windows']} interleaved windows of "
+    f"mesh {m['mesh']}, attention {m.get('attention', 'n/a')}. Median of {c['windows']} interleaved windows of "
     f"{c['steps']} steps after {c['warmup']} warm-up steps.",
     f"Command: `{m['command']}`",
     "",
@@ -172,7 +198,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument("--out", type=Path, default=None)
   args = p.parse_args(argv)
-  unknown = [o for o in args.optimizers if o not in pretrain.config.OPTIMIZERS]
+  unknown = variants.unknown(args.optimizers)
   if unknown:
     p.error(f"unknown optimizer(s): {', '.join(unknown)}")
   return args
@@ -182,45 +208,61 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   pretrain.runtime.setup_runtime(TrainConfig(cpu_devices=args.cpu_devices))
   platform = jax.default_backend()
-  argv_list = sys.argv[1:] if argv is None else list(argv)
-  out = args.out or REPO / "benchmarks" / "results" / f"throughput_{platform}"
+  argv_list = argv_of(argv)
+  out = args.out or default_out("throughput", platform)
   tokens = np.random.default_rng(0).integers(
     0, 256, (args.batch_size, args.seq_len + 1), dtype=np.int32
   )
-  runs = []
-  for name in args.optimizers:
-    config = TrainConfig(
-      model=args.model,
-      optimizer=name,
-      batch_size=args.batch_size,
-      seq_len=args.seq_len,
-      grad_accum=args.grad_accum,
-      remat=args.remat,
-      scan_layers=args.scan_layers,
-      attention=args.attention,
-      dtype=args.dtype,
-      mesh=args.mesh,
-      devices=args.devices,
-    )
-    run = prepare(config, tokens)
-    run_steps(run, args.warmup)
-    runs.append(run)
-    print(f"{name}: compiled in {run['compile_s']:.1f}s", flush=True)
-  for _ in range(args.windows):
-    for run in runs:
-      run["windows"].append(run_steps(run, args.steps))
-  rows = [summarize(run, args.steps) for run in runs]
-  mesh = runs[0]["mesh"]
-  result = {
+  with RecordWriter(out / RECORDS) as records:
+    runs = []
+    for name in args.optimizers:
+      config = TrainConfig(
+        **variants.VARIANTS[name].overrides,
+        model=args.model,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        grad_accum=args.grad_accum,
+        remat=args.remat,
+        scan_layers=args.scan_layers,
+        attention=args.attention,
+        dtype=args.dtype,
+        mesh=args.mesh,
+        devices=args.devices,
+      )
+      run = prepare(config, tokens)
+      if not runs:
+        records.write(_metadata(args, run, platform, argv_list))
+      run_steps(run, args.warmup)
+      runs.append(run)
+      records.write(_compiled(name, run))
+      print(f"{name}: compiled in {run['compile_s']:.1f}s", flush=True)
+    for _ in range(args.windows):
+      for name, run in zip(args.optimizers, runs):
+        seconds = run_steps(run, args.steps)
+        records.write({"kind": "window", "optimizer": name, "seconds": seconds})
+  result = from_records(read_records(out / RECORDS))
+  write_outputs(out, "throughput", result, markdown(result))
+  return result
+
+
+def _metadata(args, run: dict, platform: str, argv_list: list[str]) -> dict:
+  mesh, model_config = run["mesh"], run["model_config"]
+  head_dim = model_config.head_dim
+  return {
+    "kind": "metadata",
     "metadata": {
       "platform": platform,
       "device_kind": mesh.devices.flat[0].device_kind,
       "devices": mesh.devices.size,
       "mesh": meshlib.format_mesh(dict(mesh.shape)),
-      "dtype": runs[0]["model_config"].dtype.__name__,
-      "jax": jax.__version__,
-      "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-      "command": " ".join(["python benchmarks/throughput.py", *argv_list]),
+      "dtype": model_config.dtype.__name__,
+      # What "auto" ran as (cuDNN flash attention only on a GPU in bf16).
+      "attention": attention_impl(
+        run["config"].attention, model_config.dtype, head_dim
+      ),
+      "date": now(),
+      "command": command_line("throughput", argv_list),
+      **versions(),
     },
     "config": {
       k: getattr(args, k)
@@ -236,16 +278,20 @@ def main(argv=None) -> dict:
         "steps",
       )
     },
-    "rows": rows,
   }
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "throughput.json").write_text(json.dumps(result, indent=1))
-  table = markdown(result)
-  (out / "throughput.md").write_text(table)
-  print()
-  print(table)
-  print(f"Wrote {out / 'throughput.json'} and {out / 'throughput.md'}")
-  return result
+
+
+def _compiled(name: str, run: dict) -> dict:
+  config, mesh = run["config"], run["mesh"]
+  return {
+    "kind": "compiled",
+    "optimizer": name,
+    "compile_s": run["compile_s"],
+    "tokens_per_step": config.batch_size * config.seq_len,
+    "flops_per_token": flops_per_token(run["model_config"], config.seq_len),
+    "peak": peak_flops(mesh.devices.flat[0]),
+    "devices": mesh.devices.size,
+  }
 
 
 if __name__ == "__main__":

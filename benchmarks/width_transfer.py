@@ -1,6 +1,6 @@
 r"""Width transfer: does each optimizer's best lr stay put as the model widens?
 
-    python benchmarks/width_transfer.py --in-process      # CPU default, one seed
+    python -m benchmarks.width_transfer --in-process     # CPU default, one seed
 
 The tiny LLaMA at several widths (train.py --d-model: same depth and head size,
 heads and d_ff scaled with d_model), each optimizer swept over one lr grid, the
@@ -16,8 +16,9 @@ value the convergence sweep chose on the tiny model); muon's stays at train.py's
 
 Runs are short (`SIZES`) and use one seed by default: the table reports which grid
 point is best, and a best point on the grid's edge is marked, not extended. Every
-run is convergence.py's (train.train in-process or in a fresh process, stored in
-OUT/runs/ and reused when rerun with the same flags).
+run is `benchmarks.sweep`'s, as convergence's (pretrain.trainer.train in-process
+or in a fresh process, stored in OUT/runs/ and reused when rerun with the same
+settings, appended to OUT/records.jsonl as it finishes).
 
 Outputs in --out (default benchmarks/results/width_transfer_<platform>):
 width_transfer.json, width_transfer.md (the table of the best lr per width, and
@@ -28,20 +29,30 @@ optimizer, one line per width).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/width_transfer.py`
-  sys.path.insert(0, str(REPO))
-
-from benchmarks import convergence as cv  # noqa: E402
-from benchmarks.step_cost import csv_list, float_list, int_list  # noqa: E402
+from benchmarks.common import (
+  RECORDS,
+  RecordWriter,
+  argv_of,
+  can_plot,
+  command_line,
+  csv_list,
+  default_out,
+  device_info,
+  float_list,
+  int_list,
+  lr_axes,
+  now,
+  panels,
+  save_figure,
+)
+from benchmarks.convergence_report import format_lr
+from benchmarks.sweep import Runner, Sizes, final_loss, in_fresh_process
+from benchmarks.tuning import DEFAULT_GRIDS
 
 DEFAULT_WIDTHS = (64, 128, 256, 512)
 DEFAULT_OPTIMIZERS = ("adamw2", "sinkgd", "swan", "muon")
@@ -55,7 +66,7 @@ DEFAULT_LRS = {
   # Shape rules (multinorm_optax.update_scale): convergence.py's grids, which
   # take sinkgd/swan's step at d_model 128.
   **{
-    v: cv.DEFAULT_GRIDS[v][0]
+    v: DEFAULT_GRIDS[v][0]
     for v in ("sinkgd_spectral", "sinkgd_mup", "swan_spectral")
   },
 }
@@ -94,10 +105,10 @@ def best_lrs(runs: list[dict]) -> dict:
   out = {}
   for key in {(r["variant"], r["width"]) for r in runs}:
     line = [r for r in runs if (r["variant"], r["width"]) == key]
-    best = min(line, key=cv.final_loss)
+    best = min(line, key=final_loss)
     lrs = [r["lr"] for r in line]
     edge = best["lr"] in (min(lrs), max(lrs)) and len(lrs) > 1
-    out[key] = (best["lr"] if cv.final_loss(best) < math.inf else None, edge)
+    out[key] = (best["lr"] if final_loss(best) < math.inf else None, edge)
   return out
 
 
@@ -117,7 +128,7 @@ def markdown(result: dict) -> str:
     "a grid point, not a measured optimum), warmup 10% then cosine. AdamW-group "
     "lr fixed: "
     + ", ".join(
-      f"{v} {cv.format_lr(a) if a else 'train.py default'}"
+      f"{v} {format_lr(a) if a else 'train.py default'}"
       for v, a in s["adam_lrs"].items()
     )
     + ".",
@@ -150,7 +161,7 @@ def markdown(result: dict) -> str:
           for r in runs
           if (r["variant"], r["width"], r["lr"]) == (variant, w, lr)
         ]
-        loss = cv.final_loss(match[0]) if match else None
+        loss = final_loss(match[0]) if match else None
         text = (
           "—"
           if loss is None
@@ -167,16 +178,9 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, out: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   s, runs = result["settings"], result["runs"]
   variants = list(s["lrs"])
-  fig, axes = plt.subplots(
-    1, len(variants), figsize=(3.6 * len(variants), 3.4), squeeze=False
-  )
+  fig, axes = panels(len(variants), 3.6, 3.4)
   for ax, variant in zip(axes[0], variants):
     for w in s["widths"]:
       line = sorted(
@@ -184,7 +188,7 @@ def plot(result: dict, out: Path) -> None:
           r
           for r in runs
           if (r["variant"], r["width"]) == (variant, w)
-          and cv.final_loss(r) < math.inf
+          and final_loss(r) < math.inf
         ),
         key=lambda r: r["lr"],
       )
@@ -194,15 +198,9 @@ def plot(result: dict, out: Path) -> None:
         marker="o",
         label=f"d={w}",
       )
-    ax.set_xscale("log")
-    ax.set_xlabel("lr (sinkgd/swan matrices: 0.05 x lr)", fontsize=7)
-    ax.set_title(variant, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    lr_axes(ax, variant, "lr (sinkgd/swan matrices: 0.05 x lr)")
   axes[0][0].set_ylabel("final validation loss")
-  fig.tight_layout()
-  fig.savefig(out / "width_transfer.png", dpi=110)
-  plt.close(fig)
+  save_figure(fig, out / "width_transfer.png")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -266,20 +264,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  argv_list = sys.argv[1:] if argv is None else list(argv)
-  info = (
-    cv.device_info() if args.in_process else cv.in_fresh_process(cv.device_info)
-  )
+  argv_list = argv_of(argv)
+  info = device_info() if args.in_process else in_fresh_process(device_info)
   sizes = SIZES["cpu" if info["platform"] == "cpu" else "accelerator"]
   for key, default in sizes.items():
     if getattr(args, key, None) is None:
       setattr(args, key, default)
-  # What convergence.train_argv reads from its namespace.
-  args.alpha, args.grad_clip, args.tokenizer = 0.05, 1.0, None
-  out = (
-    args.out
-    or REPO / "benchmarks" / "results" / f"width_transfer_{info['platform']}"
-  )
+  out = args.out or default_out("width_transfer", info["platform"])
   out.mkdir(parents=True, exist_ok=True)
   lrs = {
     v: getattr(args, f"lrs_{v}") or DEFAULT_LRS[v] for v in args.optimizers
@@ -290,10 +281,8 @@ def main(argv=None) -> dict:
   result = {
     "metadata": {
       **info,
-      "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-      "command": shlex.join(
-        ["python", "benchmarks/width_transfer.py", *argv_list]
-      ),
+      "date": now(),
+      "command": command_line("width_transfer", argv_list),
     },
     "settings": {
       **{k: getattr(args, k) for k in SIZES["cpu"]},
@@ -305,8 +294,19 @@ def main(argv=None) -> dict:
     },
     "runs": [],
   }
-  with tempfile.TemporaryDirectory(prefix="width_runs_") as scratch:
-    run = cv.Runner(args, out, scratch)
+  sizes = Sizes(**{k: getattr(args, k) for k in SIZES["cpu"]})
+  with (
+    tempfile.TemporaryDirectory(prefix="width_runs_") as scratch,
+    RecordWriter(out / RECORDS) as records,
+  ):
+    run = Runner(
+      sizes,
+      out,
+      scratch,
+      in_process=args.in_process,
+      cached_only=args.cached_only,
+      records=records,
+    )
     for width in args.widths:  # narrow first: the cheap results come early
       for variant in args.optimizers:
         for lr in lrs[variant]:
@@ -316,7 +316,7 @@ def main(argv=None) -> dict:
             adam_lrs[variant],
             args.seed,
             args.corpus,
-            ("--d-model", str(width)),
+            {"d_model": width},
           )
           if r is None:  # --cached-only and not stored
             continue
@@ -327,7 +327,8 @@ def main(argv=None) -> dict:
   (out / "width_transfer.json").write_text(json.dumps(result))
   table = markdown(result)
   (out / "width_transfer.md").write_text(table)
-  plot(result, out)
+  if can_plot():
+    plot(result, out)
   print("\n" + table, flush=True)
   return result
 
