@@ -214,10 +214,11 @@ class TrainConfig:
     "column scaling (n floats of state per matrix)",
     group="optimizer",
   )
-  overflow_guard: str = _flag(
-    "max_abs",
-    "sinkgd: max_abs reads max|G| every step; on_demand only when a sum "
-    "of squares over- or underflows (%(default)s)",
+  overflow_guard: str | None = _flag(
+    None,
+    "sinkgd/sinkgd_stateless: max_abs reads max|G| every step; on_demand "
+    "only when a sum of squares over- or underflows (default: the recipe's, "
+    "max_abs for sinkgd, on_demand for sinkgd_stateless)",
     group="optimizer",
     choices=OVERFLOW_GUARDS,
   )

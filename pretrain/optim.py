@@ -118,14 +118,28 @@ def _momentum_options(c: TrainConfig) -> dict:
   )
 
 
+def _overflow_guard(c: TrainConfig) -> dict:
+  """The guard given on the command line; none leaves the recipe's default."""
+  return (
+    {} if c.overflow_guard is None else {"overflow_guard": c.overflow_guard}
+  )
+
+
+def _guard_default(default: str) -> Callable[[TrainConfig], dict]:
+  """`library_defaults` of a recipe whose overflow guard defaults to `default`."""
+  return lambda c: (
+    {"overflow_guard": default} if c.overflow_guard is None else {}
+  )
+
+
 def _sinkgd(c: TrainConfig, s: Schedules):
   return mo.sinkgd(
     s.lr,
     num_iters=c.num_iters,
     impl=c.sinkgd_impl,
     warm_start=c.warm_start,
-    overflow_guard=c.overflow_guard,
     adam_learning_rate=s.adam,
+    **_overflow_guard(c),
     **_recipe_options(c),
     **_momentum_options(c),
   )
@@ -148,6 +162,7 @@ def _sinkgd_stateless(c: TrainConfig, s: Schedules):
     num_iters=c.num_iters,
     impl=c.sinkgd_impl,
     rest_learning_rate=s.adam,
+    **_overflow_guard(c),
     **_recipe_options(c),
   )
 
@@ -240,6 +255,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
       | _momentum_kind(c)
       | _update_scale_kind(c)
     ),
+    library_defaults=_guard_default(mo.alias.SINKGD_OVERFLOW_GUARD),
   ),
   "swan": OptimizerSpec(
     0.03,
@@ -260,9 +276,10 @@ REGISTRY: dict[str, OptimizerSpec] = {
   "sgd": OptimizerSpec(0.3, frozenset({"decay_embeddings"}), _sgd),
   "sinkgd_stateless": OptimizerSpec(
     0.03,
-    frozenset(_NORMALIZED | _SINKHORN),
+    frozenset(_NORMALIZED | _SINKHORN | {"overflow_guard"}),
     _sinkgd_stateless,
     state_kind=_update_scale_kind,
+    library_defaults=_guard_default(mo.alias.STATELESS_OVERFLOW_GUARD),
   ),
 }
 OPTIMIZERS = tuple(REGISTRY)

@@ -178,3 +178,46 @@ def test_labels_of_stacked_layers_tied_tables_and_biases():
   grads = jax.tree.map(jnp.ones_like, params)
   u, _ = tx.update(grads, tx.init(params), params)
   assert u["temperature"] == -jnp.float32(LR)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**70, 2.0**-70])
+def test_default_guard_is_on_demand_and_matches_the_max_abs_step(
+  llama_grads, scale
+):
+  # The default reads max|G| only when a sum of squares over- or underflows
+  # (2^70: every square overflows; 2^-70: every square underflows, so the
+  # whole step is redone on G / max|G|). Either way the step is max_abs's up
+  # to float32 rounding, and equal to an explicit on_demand bit for bit.
+  params, grads = llama_grads
+  grads = jax.tree.map(lambda g: g * jnp.float32(scale), grads)
+
+  def step(**kwargs):
+    tx = mo.sinkgd_stateless(LR, rest_learning_rate=REST_LR, **kwargs)
+    return jax.jit(tx.update)(grads, tx.init(params), params)[0]
+
+  default = step()
+  chex.assert_trees_all_equal(default, step(overflow_guard="on_demand"))
+  chex.assert_trees_all_close(
+    default, step(overflow_guard="max_abs"), rtol=1e-5, atol=1e-9
+  )
+  assert all(jnp.isfinite(x).all() for x in jax.tree.leaves(default))
+
+
+def test_default_guard_reads_the_gradient_one_time_less():
+  # The max_abs guard's extra full read of G, max|abs(G)| over the matrix, is
+  # gone from the step that runs unless a sum over- or underflows: the
+  # compiled update has its reduce only inside the conditional's rescale path.
+  head = {"lm_head": {"kernel": jnp.ones((64, 96))}}
+
+  def max_reductions_outside_conditionals(**kwargs):
+    tx = mo.sinkgd_stateless(LR, **kwargs)
+    text = (
+      jax.jit(tx.update)
+      .lower(head, tx.init(head), head)
+      .as_text(dialect="stablehlo")
+    )
+    entry = text.split("stablehlo.case")[0]
+    return entry.count("stablehlo.maximum")
+
+  assert max_reductions_outside_conditionals(overflow_guard="max_abs") > 0
+  assert max_reductions_outside_conditionals() == 0

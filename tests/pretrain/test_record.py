@@ -13,4 +13,15 @@ def test_run_record_names_swans_default_whitening_so_a_changed_default_is_noted(
   assert library_defaults(args) == {"swan_whiten": "fast"}
   explicit = parse_args(["--optimizer", "swan", "--swan-whiten", "exact"])
   assert library_defaults(explicit) == {}
-  assert library_defaults(parse_args(["--optimizer", "sinkgd"])) == {}
+
+
+def test_run_record_names_each_recipes_overflow_guard():
+  # --overflow-guard left unset is the recipe's own default, recorded as such
+  # (sinkgd's is the max_abs every run before it had; the stateless recipe's
+  # became on_demand, so resuming one of its older runs notes the change).
+  sinkgd = parse_args(["--optimizer", "sinkgd"])
+  assert library_defaults(sinkgd) == {"overflow_guard": "max_abs"}
+  stateless = parse_args(["--optimizer", "sinkgd_stateless"])
+  assert library_defaults(stateless) == {"overflow_guard": "on_demand"}
+  explicit = ["--optimizer", "sinkgd_stateless", "--overflow-guard", "max_abs"]
+  assert library_defaults(parse_args(explicit)) == {}
