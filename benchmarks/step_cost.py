@@ -74,6 +74,7 @@ also printed at the end).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import re
@@ -631,6 +632,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument("--seed", type=int, default=0)
   p.add_argument(
+    "--orientation",
+    action="store_true",
+    help="only the SR-Sinkhorn orientation table: an LM head, its transpose "
+    "and an MLP kernel, then the 60m tree with every leaf normalized, each "
+    "case side by side with AdamW, samples interleaved (orientation.*)",
+  )
+  p.add_argument(
     "--out",
     type=Path,
     default=None,
@@ -708,6 +716,10 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
     max_seconds=args.max_seconds,
   )
   out = args.out or default_out("step_cost", platform)
+  if args.orientation:
+    # The whole-tree case on the largest model asked for (default 60m).
+    model = (args.models or ["60m"])[-1]
+    return orientation(plan, args.seed, out, argv_list, model=model)
   device = jax.devices()[0]
   print(
     f"{device.device_kind} ({platform}); models {','.join(models)}; "
@@ -802,6 +814,137 @@ def measure(args, models: list[str], plan: TimingPlan, records) -> None:
             **counts,
           }
         )
+
+
+# ---------------------------------------------------------------------------
+# SR-Sinkhorn and the matrix's orientation (--orientation)
+# ---------------------------------------------------------------------------
+
+# A Flax LM head of the 60m model (d_model, vocab), its transpose, and an MLP
+# kernel: SR-Sinkhorn's cost should not depend on which axis is the long one.
+ORIENTATION_SHAPES = ((512, 32000), (32000, 512), (512, 1376))
+
+
+def every_leaf(params) -> Any:
+  """Labels normalizing every leaf of two or more axes (embedding and head
+  too) with sinkgd; vectors keep its AdamW group."""
+  return jax.tree.map(lambda x: "multinorm" if x.ndim >= 2 else "adam", params)
+
+
+def orientation_cases(
+  shapes=ORIENTATION_SHAPES, model: str = "60m"
+) -> dict[str, tuple[dict, dict]]:
+  """{tree: (parameter shapes, {case: optax transform})}, AdamW first: one
+  tree per matrix shape, then the `model`'s whole tree."""
+  warm = dict(num_iters=1, warm_start=True, overflow_guard="on_demand")
+  sinkgd = functools.partial(mo.sinkgd, 1e-3, param_labels=every_leaf)
+  head_cases = {
+    "adamw": optax.adamw(1e-3),
+    "sinkgd_warm_l1_guard": sinkgd(**warm),
+    "sinkgd_cold_l5": sinkgd(num_iters=5),
+    "sinkgd_cold_l5_guard": sinkgd(num_iters=5, overflow_guard="on_demand"),
+  }
+  trees = {
+    f"{a}x{b}": (
+      {"head": {"kernel": jax.ShapeDtypeStruct((a, b), jnp.float32)}},
+      head_cases,
+    )
+    for a, b in shapes
+  }
+  trees[model] = (
+    param_shapes(model),
+    {
+      "adamw": build_tx("adamw"),
+      "sinkgd_warm_l1_guard_every_leaf": sinkgd(**warm),
+      "sinkgd_fast": build_tx("sinkgd_fast"),
+      "sinkgd_stateless": build_tx("sinkgd_stateless"),
+      "sinkgd_stateless_max_abs": mo.sinkgd_stateless(
+        1e-3, overflow_guard="max_abs"
+      ),
+    },
+  )
+  return trees
+
+
+def time_side_by_side(cases: dict, params, grads, plan: TimingPlan) -> dict:
+  """{case: [ms per step]}: every case compiled first, then each of
+  ``plan.warmup + plan.repeats`` rounds takes one sample of every case in
+  turn (warm-up rounds dropped), so a load change on a shared machine moves
+  all cases alike and their ratios stay comparable."""
+  runs = {}
+  for name, tx in cases.items():
+    run = {"params": jax.tree.map(jnp.copy, params)}
+    run["state"] = jax.jit(tx.init)(run["params"])
+    run["step"] = (
+      jax.jit(optimizer_step(tx), donate_argnums=(0, 1))
+      .lower(run["params"], run["state"], grads)
+      .compile()
+    )
+    runs[name] = run
+  samples = {name: [] for name in runs}
+  for i in range(plan.warmup + plan.repeats):
+    for name, run in runs.items():
+      t0 = time.perf_counter()
+      for _ in range(plan.calls):
+        run["params"], run["state"] = run["step"](
+          run["params"], run["state"], grads
+        )
+      jax.block_until_ready((run["params"], run["state"]))
+      if i >= plan.warmup:
+        samples[name].append(1e3 * (time.perf_counter() - t0) / plan.calls)
+  return samples
+
+
+def orientation(
+  plan: TimingPlan, seed: int, out: Path, argv_list, **cases_of
+) -> dict:
+  """The --orientation table, one record per tree as it is measured
+  (`cases_of`: `orientation_cases`' arguments)."""
+  path = out / "orientation.jsonl"
+  key = jax.random.key(seed)
+  with RecordWriter(path) as records:
+    records.write(
+      {
+        "kind": "metadata",
+        "command": command_line("step_cost", argv_list),
+        "date": now(),
+        "cpu_count": os.cpu_count(),
+        "timing": plan._asdict(),
+        **versions(),
+      }
+    )
+    for tree, (shapes, cases) in orientation_cases(**cases_of).items():
+      key, pkey, gkey = jax.random.split(key, 3)
+      params = random_tree(shapes, pkey, jnp.float32, 0.02)
+      grads = random_tree(shapes, gkey, jnp.float32, 1.0)
+      samples = time_side_by_side(cases, params, grads, plan)
+      medians = {k: statistics.median(v) for k, v in samples.items()}
+      records.write(
+        {
+          "kind": "tree",
+          "tree": tree,
+          "median_ms": medians,
+          "ratio_to_adamw": {
+            k: v / medians["adamw"] for k, v in medians.items()
+          },
+          "samples_ms": samples,
+        }
+      )
+      print(tree, {k: round(v, 2) for k, v in medians.items()}, flush=True)
+  records = read_records(path)
+  result = {**records[0], "trees": records[1:]}
+  write_outputs(out, "orientation", result, orientation_markdown(result))
+  return result
+
+
+def orientation_markdown(result: dict) -> str:
+  """Median ms and the ratio to AdamW of every case, tree by tree."""
+  lines = ["| tree | case | median ms | / AdamW |", "|---|---|---|---|"]
+  for entry in result["trees"]:
+    for case, ms in entry["median_ms"].items():
+      ratio = entry["ratio_to_adamw"][case]
+      lines.append(f"| {entry['tree']} | {case} | {ms:.2f} | {ratio:.2f}x |")
+  return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

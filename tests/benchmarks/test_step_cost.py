@@ -171,3 +171,28 @@ def test_sinkgd_fast_options_move_fewer_full_size_bytes():
   }
   assert passes["sinkgd_guard"] < passes["sinkgd_l5"], passes
   assert passes["sinkgd_fast"] <= passes["adamw"], passes
+
+
+def test_orientation_table_times_every_case_beside_adamw(tmp_path):
+  # Small stand-ins for the LM head and its transpose; the long axis is past
+  # sinkhorn.LONG_ROW, so the CPU's row-by-row sum is what runs.
+  shapes = ((16, 4096), (4096, 16))
+  plan = step_cost.TimingPlan(repeats=2, warmup=1, calls=1, max_seconds=None)
+  result = step_cost.orientation(
+    plan, 0, tmp_path, ["--orientation"], shapes=shapes, model="tiny"
+  )
+  trees = [t["tree"] for t in result["trees"]]
+  assert trees == ["16x4096", "4096x16", "tiny"]
+  for entry in result["trees"]:
+    assert entry["ratio_to_adamw"]["adamw"] == 1.0
+    samples = entry["samples_ms"].values()
+    assert all(
+      len(s) == 2 and all(0 < x < math.inf for x in s) for s in samples
+    )
+  cases = result["trees"][-1]["median_ms"]
+  assert {"sinkgd_stateless", "sinkgd_stateless_max_abs"} <= set(cases)
+  # One record per tree, written as it was measured, and the table.
+  lines = (tmp_path / "orientation.jsonl").read_text().splitlines()
+  assert [json.loads(x)["kind"] for x in lines] == ["metadata"] + ["tree"] * 3
+  table = (tmp_path / "orientation.md").read_text()
+  assert "| 4096x16 | sinkgd_cold_l5_guard |" in table
