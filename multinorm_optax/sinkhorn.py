@@ -39,7 +39,13 @@ import jax.numpy as jnp
 
 from multinorm_optax import _sharding
 from multinorm_optax.layout import CanonicalLayout
-from multinorm_optax.normalizers import repeat, safe_ratio, sqrt0, to_unit_max
+from multinorm_optax.normalizers import (
+  repeat,
+  safe_ratio,
+  sqrt0,
+  to_unit_max,
+  unit_max_factors,
+)
 
 OVERFLOW_GUARDS = ("max_abs", "on_demand")
 # The smallest sum of squares the on_demand path accepts from unscaled G.
@@ -244,7 +250,9 @@ def sinkhorn_warm(
     if amax is None:
       y_of, ops = (lambda x, scale: x * scale), (x,)
     else:
-      y_of, ops = (lambda x, m, scale: to_unit_max(x, m) * scale), (x, amax)
+      # to_unit_max(x, amax) * scale, its exponent arithmetic done once.
+      y_of = lambda x, low, high, scale: x * low * high * scale
+      ops = (x, *unit_max_factors(amax, f32))
 
     def squares(scale, axes):
       return sum_of_squares(y_of, ops + (scale,), axes)
