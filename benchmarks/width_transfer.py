@@ -38,7 +38,6 @@ from benchmarks.common import (
   RECORDS,
   RecordWriter,
   argv_of,
-  can_plot,
   command_line,
   csv_list,
   default_out,
@@ -49,6 +48,7 @@ from benchmarks.common import (
   now,
   panels,
   save_figure,
+  write_outputs,
 )
 from benchmarks.convergence_report import format_lr
 from benchmarks.sweep import Runner, Sizes, final_loss, in_fresh_process
@@ -324,12 +324,7 @@ def main(argv=None) -> dict:
           (out / "width_transfer.json").write_text(json.dumps(result))
   result["metadata"]["runs_trained"] = run.count
   result["metadata"]["runs_missing"] = run.missing
-  (out / "width_transfer.json").write_text(json.dumps(result))
-  table = markdown(result)
-  (out / "width_transfer.md").write_text(table)
-  if can_plot():
-    plot(result, out)
-  print("\n" + table, flush=True)
+  write_outputs(out, "width_transfer", result, markdown(result), plot)
   return result
 
 
