@@ -112,6 +112,17 @@ def best_lrs(runs: list[dict]) -> dict:
   return out
 
 
+def _width_table_head(title: str, column: str, widths: list[int]) -> list[str]:
+  """A titled table's first lines: optimizer, `column`, then one per width."""
+  return [
+    "",
+    f"### {title}",
+    "",
+    f"| optimizer | {column} | " + " | ".join(f"d={w}" for w in widths) + " |",
+    "|---|---|" + "---|" * len(widths),
+  ]
+
+
 def markdown(result: dict) -> str:
   meta, s = result["metadata"], result["settings"]
   widths, runs = s["widths"], result["runs"]
@@ -132,11 +143,9 @@ def markdown(result: dict) -> str:
       for v, a in s["adam_lrs"].items()
     )
     + ".",
-    "",
-    "### Best lr per width (* = on the edge of the grid)",
-    "",
-    "| optimizer | grid | " + " | ".join(f"d={w}" for w in widths) + " |",
-    "|---|---|" + "---|" * len(widths),
+    *_width_table_head(
+      "Best lr per width (* = on the edge of the grid)", "grid", widths
+    ),
   ]
   for variant, lrs in s["lrs"].items():
     cells = []
@@ -145,13 +154,7 @@ def markdown(result: dict) -> str:
       cells.append("n/a" if lr is None else f"{lr:g}{'*' if edge else ''}")
     grid = ", ".join(f"{x:g}" for x in lrs)
     lines.append(f"| {variant} | {grid} | " + " | ".join(cells) + " |")
-  lines += [
-    "",
-    "### Final validation loss",
-    "",
-    "| optimizer | lr | " + " | ".join(f"d={w}" for w in widths) + " |",
-    "|---|---|" + "---|" * len(widths),
-  ]
+  lines += _width_table_head("Final validation loss", "lr", widths)
   for variant, lrs in s["lrs"].items():
     for lr in lrs:
       cells = []
