@@ -36,7 +36,6 @@ opt_state_bytes, peak_bytes, ...) and ``capacity.md`` (the tables).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -58,6 +57,7 @@ from benchmarks.common import (
   default_out,
   now,
   read_records,
+  write_outputs,
 )
 from models.llama import CONFIGS, count_params
 from pretrain import mesh as meshlib
@@ -305,13 +305,7 @@ def main(argv=None) -> list[dict]:
           flush=True,
         )
   rows = read_records(out / RECORDS)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "capacity.json").write_text(json.dumps(rows, indent=1))
-  table = markdown(rows, meta)
-  (out / "capacity.md").write_text(table)
-  print()
-  print(table)
-  print(f"Wrote {out / 'capacity.json'} and {out / 'capacity.md'}")
+  write_outputs(out, "capacity", rows, markdown(rows, meta))
   return rows
 
 

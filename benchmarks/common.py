@@ -18,7 +18,7 @@ import os
 import platform as platform_lib
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -151,12 +151,21 @@ def _jsonable(x):
   raise TypeError(f"not JSON: {type(x).__name__}")
 
 
-def write_outputs(out: Path, name: str, result: dict, table: str) -> None:
+def write_outputs(
+  out: Path,
+  name: str,
+  result: dict,
+  table: str,
+  plot: Callable[[dict, Path], None] | None = None,
+) -> None:
   """`out/<name>.json` (the whole result) and `out/<name>.md` (its tables),
-  the tables printed too."""
+  the tables printed too; `plot(result, out)` draws its figures where
+  matplotlib is (`can_plot`)."""
   out.mkdir(parents=True, exist_ok=True)
   (out / f"{name}.json").write_text(json.dumps(result, indent=1))
   (out / f"{name}.md").write_text(table)
+  if plot is not None and can_plot():
+    plot(result, out)
   print()
   print(table)
   print(f"Wrote {out / f'{name}.json'} and {out / f'{name}.md'}", flush=True)

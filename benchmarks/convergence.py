@@ -62,7 +62,6 @@ from benchmarks.common import (
   RECORDS,
   RecordWriter,
   argv_of,
-  can_plot,
   command_line,
   csv_list,
   default_out,
@@ -70,6 +69,7 @@ from benchmarks.common import (
   float_list,
   int_list,
   now,
+  write_outputs,
 )
 from benchmarks.convergence_report import markdown, plot, summarize
 from benchmarks.sweep import Runner, Sizes, in_fresh_process
@@ -382,12 +382,7 @@ def main(argv=None) -> dict:
   result["all_runs"] = result["final_runs"] + [
     r for t in result["tuning"].values() for r in t["runs"]
   ]
-  (out / "convergence.json").write_text(json.dumps(result))
-  table = markdown(result)
-  (out / "convergence.md").write_text(table)
-  if can_plot():
-    plot(result, out)
-  print("\n" + table, flush=True)
+  write_outputs(out, "convergence", result, markdown(result), plot)
   return result
 
 

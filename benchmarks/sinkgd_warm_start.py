@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import platform
 import sys
 from pathlib import Path
@@ -46,7 +45,7 @@ import pretrain.optim
 import pretrain.runtime
 import pretrain.state
 import pretrain.step
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, write_outputs
 from models.llama import create_sharded_model
 from pretrain import mesh as meshlib
 from pretrain.config import TrainConfig
@@ -210,12 +209,7 @@ def main(argv=None) -> dict:
       f"loss {v['final_train_loss_last_10']:.3f}",
       flush=True,
     )
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "sinkgd_warm_start.json").write_text(json.dumps(result, indent=1))
-  table = markdown(result)
-  (out / "sinkgd_warm_start.md").write_text(table)
-  print(table)
+  write_outputs(Path(args.out), "sinkgd_warm_start", result, markdown(result))
   return result
 
 

@@ -2,13 +2,13 @@
 per (variant, lr, adam_lr, seed, corpus, extra fields), kept as a small JSON
 file in OUT/runs/ and reused when asked for again.
 
-Every run is `pretrain.trainer.train` of a `TrainConfig` made from the
-variant's overrides (`benchmarks.variants`) and the sweep's sizes: train.py's
-model, data, schedule and step, no second loop. A stored run is named by a
-hash of the equivalent train.py flag line (`train_flags`), the key the store
-has had since variants were flag tuples; so runs stored before are found
-again. The key is the settings, not the code: delete OUT/runs/ to measure
-changed code.
+Every run is `pretrain.trainer.train` of the `TrainConfig` train.py's own
+parser makes of one flag line (`train_flags`: the variant's overrides from
+`benchmarks.variants` and the sweep's sizes): train.py's model, data,
+schedule and step, no second loop. A stored run is named by a hash of that
+flag line, the key the store has had since variants were flag tuples; so
+runs stored before are found again. The key is the settings, not the code:
+delete OUT/runs/ to measure changed code.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 
+import pretrain.cli
 import pretrain.errors
 import pretrain.optim
 import pretrain.runtime
@@ -104,31 +105,10 @@ def train_config(
   run_dir: str,
   extra: dict[str, Any] | None = None,
 ) -> TrainConfig:
-  """The checked config of one run: no checkpoints, no metrics files."""
-  fields = dict(
-    model=sizes.model,
-    lr=lr,
-    alpha=sizes.alpha,
-    steps=sizes.steps,
-    batch_size=sizes.batch_size,
-    seq_len=sizes.seq_len,
-    grad_clip=sizes.grad_clip,
-    data=corpus,
-    seed=seed,
-    eval_every=sizes.eval_every,
-    eval_batches=sizes.eval_batches,
-    tokenizer=sizes.tokenizer,
-    run_dir=run_dir,
-    ckpt_every=0,
-    metrics="none",
-    log_every=sizes.steps,
-    no_progress=True,
-    **dict(sizes.fields),
-    **(extra or {}),
-  )
-  if adam_lr is not None:
-    fields["adam_lr"] = adam_lr
-  return variants.config(variant, **fields)
+  """The checked config of one run: what train.py makes of its `train_flags`,
+  so the run trained is the one its key and rerun command name."""
+  flags = train_flags(sizes, variant, lr, adam_lr, seed, corpus, extra)
+  return pretrain.cli.parse_args([*flags, "--run-dir", run_dir])
 
 
 # ------------------------------------------------------------------ one run

@@ -38,7 +38,6 @@ from benchmarks.common import (
   RECORDS,
   RecordWriter,
   argv_of,
-  can_plot,
   command_line,
   csv_list,
   default_out,
@@ -49,6 +48,7 @@ from benchmarks.common import (
   now,
   panels,
   save_figure,
+  write_outputs,
 )
 from benchmarks.convergence_report import format_lr
 from benchmarks.sweep import Runner, Sizes, final_loss, in_fresh_process
@@ -112,6 +112,17 @@ def best_lrs(runs: list[dict]) -> dict:
   return out
 
 
+def _width_table_head(title: str, column: str, widths: list[int]) -> list[str]:
+  """A titled table's first lines: optimizer, `column`, then one per width."""
+  return [
+    "",
+    f"### {title}",
+    "",
+    f"| optimizer | {column} | " + " | ".join(f"d={w}" for w in widths) + " |",
+    "|---|---|" + "---|" * len(widths),
+  ]
+
+
 def markdown(result: dict) -> str:
   meta, s = result["metadata"], result["settings"]
   widths, runs = s["widths"], result["runs"]
@@ -132,11 +143,9 @@ def markdown(result: dict) -> str:
       for v, a in s["adam_lrs"].items()
     )
     + ".",
-    "",
-    "### Best lr per width (* = on the edge of the grid)",
-    "",
-    "| optimizer | grid | " + " | ".join(f"d={w}" for w in widths) + " |",
-    "|---|---|" + "---|" * len(widths),
+    *_width_table_head(
+      "Best lr per width (* = on the edge of the grid)", "grid", widths
+    ),
   ]
   for variant, lrs in s["lrs"].items():
     cells = []
@@ -145,13 +154,7 @@ def markdown(result: dict) -> str:
       cells.append("n/a" if lr is None else f"{lr:g}{'*' if edge else ''}")
     grid = ", ".join(f"{x:g}" for x in lrs)
     lines.append(f"| {variant} | {grid} | " + " | ".join(cells) + " |")
-  lines += [
-    "",
-    "### Final validation loss",
-    "",
-    "| optimizer | lr | " + " | ".join(f"d={w}" for w in widths) + " |",
-    "|---|---|" + "---|" * len(widths),
-  ]
+  lines += _width_table_head("Final validation loss", "lr", widths)
   for variant, lrs in s["lrs"].items():
     for lr in lrs:
       cells = []
@@ -324,12 +327,7 @@ def main(argv=None) -> dict:
           (out / "width_transfer.json").write_text(json.dumps(result))
   result["metadata"]["runs_trained"] = run.count
   result["metadata"]["runs_missing"] = run.missing
-  (out / "width_transfer.json").write_text(json.dumps(result))
-  table = markdown(result)
-  (out / "width_transfer.md").write_text(table)
-  if can_plot():
-    plot(result, out)
-  print("\n" + table, flush=True)
+  write_outputs(out, "width_transfer", result, markdown(result), plot)
   return result
 
 

@@ -4,20 +4,7 @@ runs."""
 import math
 
 from benchmarks import convergence_report as report
-
-
-def _run(lr, adam_lr, loss, *, variant="sinkgd", seed=0, corpus="a", curve=()):
-  return {
-    "variant": variant,
-    "lr": lr,
-    "adam_lr": adam_lr,
-    "seed": seed,
-    "corpus": corpus,
-    "status": "ok",
-    "final_val_loss": loss,
-    "curve": list(curve),
-  }
-
+from tests.benchmarks.runs import made_up_run
 
 # ------------------------------------------------------------------ the summary
 
@@ -36,7 +23,9 @@ def test_summary_uses_the_best_adamw_kind_and_prints_ties_within_the_spread():
   }
   final = {
     v: {
-      ("a", s): _run(1, None, c[s][-1], variant=v, seed=s, curve=_curve(c[s]))
+      ("a", s): made_up_run(
+        1, None, c[s][-1], variant=v, seed=s, curve=_curve(c[s])
+      )
       for s in seeds
     }
     for v, c in curves.items()
@@ -71,7 +60,7 @@ def test_one_seed_has_no_spread_and_no_verdict():
   assert report.loss_verdict([-0.1]) == report.ONE_SEED
   assert report.speedup_verdict(1.5, math.nan) == report.ONE_SEED
   final = {
-    v: {("a", 0): _run(1, None, x, variant=v, curve=_curve([3.0, x]))}
+    v: {("a", 0): made_up_run(1, None, x, variant=v, curve=_curve([3.0, x]))}
     for v, x in (("adamw", 2.5), ("sinkgd", 2.2))
   }
   rows = report.summarize(final, ["a"], [0])["a"]["rows"]

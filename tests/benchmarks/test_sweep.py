@@ -4,6 +4,8 @@ again), the config of a run, and a run's step times."""
 import dataclasses
 import json
 
+import pytest
+
 from benchmarks import sweep
 from benchmarks.common import RESULTS
 from pretrain.cli import parse_args
@@ -54,14 +56,117 @@ def test_every_stored_run_is_found_under_its_key():
     assert path.name == f"{record['variant']}-{sweep.run_key(flags)}.json"
 
 
-def test_a_run_s_config_is_train_py_s_of_its_flags(tmp_path):
-  sizes = sweep.Sizes("tiny", 7, 4, 16, 0, 1, fields=(("attention", "xla"),))
-  point = ("sinkgd_fast", 0.03, 0.01, 2, "stdlib")
+TINY = sweep.Sizes("tiny", 7, 4, 16, 0, 1)
+XLA = dataclasses.replace(TINY, fields=(("attention", "xla"),))
+BYTE_60M = sweep.Sizes(
+  model="60m",
+  steps=300,
+  batch_size=16,
+  seq_len=128,
+  eval_every=50,
+  eval_batches=4,
+  alpha=0.1,
+  grad_clip=0.5,
+  tokenizer="byte",
+  fields=(("dtype", "bfloat16"), ("scan_layers", True)),
+)
+
+
+@pytest.mark.parametrize(
+  "sizes, point, extra, key",
+  [
+    (TINY, ("adamw", 0.03, None, 2, "stdlib"), None, "92379acf0729c46d"),
+    (
+      XLA,
+      ("sinkgd_warm_l1", 0.03, 0.01, 2, "stdlib"),
+      None,
+      "af4530be3c6403d6",
+    ),
+    (
+      TINY,
+      ("sinkgd_fast", 0.03, 0.01, 2, "stdlib"),
+      {"d_model": 64},
+      "fdd6a98fc5259dab",
+    ),
+    (
+      BYTE_60M,
+      ("swan_fast3", 0.03, 0.01, 2, "stdlib"),
+      {"d_model": 64},
+      "d6abdd40b89f2e6e",
+    ),
+    # Two stored runs, as their sweeps ran them.
+    (
+      sweep.Sizes("tiny", 100, 8, 64, 0, 8),
+      ("adamw2", 1e-4, 0.03, 0, "stdlib"),
+      {"d_model": 256},
+      "02f51e367237aad1",
+    ),
+    (
+      sweep.Sizes("tiny", 200, 16, 64, 20, 8),
+      ("sinkgd", 0.01, 0.03, 0, "stdlib"),
+      None,
+      "0e1ef845726fb151",
+    ),
+  ],
+)
+def test_a_run_s_key_is_pinned(sizes, point, extra, key):
+  """Keys computed before train_config was derived from train_flags: a change
+  to the flag line would lose every stored run."""
+  assert sweep.run_key(sweep.train_flags(sizes, *point, extra)) == key
+
+
+def test_a_run_s_config_has_its_point_sizes_and_extra_fields(tmp_path):
+  sizes = dataclasses.replace(BYTE_60M, alpha=0.05)
+  point = ("sinkgd_fast", 0.03, 0.01, 2, "jaxstack")
   config = sweep.train_config(sizes, *point, str(tmp_path), {"d_model": 64})
-  flags = sweep.train_flags(sizes, *point, {"d_model": 64})
-  assert flags[-11:-7] == ["--attention", "xla", "--d-model", "64"]
-  expected = parse_args([*flags, "--run-dir", str(tmp_path)])
-  assert dataclasses.asdict(config) == dataclasses.asdict(expected)
+  expected = {
+    # the variant's overrides
+    "optimizer": "sinkgd",
+    "warm_start": True,
+    "num_iters": 1,
+    "overflow_guard": "on_demand",
+    # the point
+    "lr": 0.03,
+    "adam_lr": 0.01,
+    "seed": 2,
+    "data": "jaxstack",
+    # the sizes, their fields and the run's extra
+    "model": "60m",
+    "steps": 300,
+    "batch_size": 16,
+    "seq_len": 128,
+    "eval_every": 50,
+    "eval_batches": 4,
+    "alpha": 0.05,
+    "grad_clip": 0.5,
+    "tokenizer": "byte",
+    "dtype": "bfloat16",
+    "scan_layers": True,
+    "d_model": 64,
+    # a sweep's run keeps nothing but its summary
+    "run_dir": str(tmp_path),
+    "ckpt_every": 0,
+    "metrics": "none",
+    "log_every": 300,
+    "no_progress": True,
+  }
+  assert {k: getattr(config, k) for k in expected} == expected
+  # Every other field is train.py's default.
+  default = parse_args([])
+  others = [
+    f.name for f in dataclasses.fields(config) if f.name not in expected
+  ]
+  assert others
+  assert {k: getattr(config, k) for k in others} == {
+    k: getattr(default, k) for k in others
+  }
+
+
+def test_a_bad_point_is_refused_as_train_py_refuses_its_flags(capsys):
+  point = ("sgd", 0.03, 0.01, 0, "stdlib")  # sgd has no AdamW group
+  with pytest.raises(SystemExit):
+    sweep.train_config(TINY, *point, "RUN")
+  assert "--adam-lr does not apply" in capsys.readouterr().err
 
 
 def test_steps_after_an_evaluation_take_the_median_time():

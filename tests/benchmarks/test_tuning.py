@@ -11,27 +11,14 @@ from benchmarks import tuning
 from benchmarks.sweep import final_loss
 from benchmarks.variants import VARIANTS
 from models.llama import get_config
-
-
-def _run(lr, adam_lr, loss, *, variant="sinkgd", seed=0, corpus="a", curve=()):
-  return {
-    "variant": variant,
-    "lr": lr,
-    "adam_lr": adam_lr,
-    "seed": seed,
-    "corpus": corpus,
-    "status": "ok",
-    "final_val_loss": loss,
-    "curve": list(curve),
-  }
-
+from tests.benchmarks.runs import made_up_run
 
 # ------------------------------------------------------------------ the grid
 
 
 def test_a_best_point_inside_a_3x3_grid_has_no_edge_and_no_next_point():
   runs = [
-    _run(lr, alr, 2.0 + abs(i - 1) + abs(j - 1))
+    made_up_run(lr, alr, 2.0 + abs(i - 1) + abs(j - 1))
     for i, lr in enumerate((0.01, 0.03, 0.1))
     for j, alr in enumerate((0.01, 0.03, 0.1))
   ]
@@ -43,7 +30,9 @@ def test_a_best_point_inside_a_3x3_grid_has_no_edge_and_no_next_point():
 
 def test_a_best_point_on_an_edge_is_flagged_and_extended_one_step_past_it():
   runs = [
-    _run(lr, alr, 2.0 + i + abs(j - 1))  # lower lr is better: edge at 0.01
+    made_up_run(
+      lr, alr, 2.0 + i + abs(j - 1)
+    )  # lower lr is better: edge at 0.01
     for i, lr in enumerate((0.01, 0.03, 0.1))
     for j, alr in enumerate((0.01, 0.03, 0.1))
   ]
@@ -52,26 +41,30 @@ def test_a_best_point_on_an_edge_is_flagged_and_extended_one_step_past_it():
   lr, alr = tuning.next_point(runs)
   assert alr == 0.03 and lr == pytest.approx(0.01 / 3)
   # The added point is worse: the best is now inside its line.
-  runs.append(_run(lr, alr, 9.0))
+  runs.append(made_up_run(lr, alr, 9.0))
   assert tuning.next_point(runs) is None
   # A diverged run counts as worse than any finite one.
-  diverged = dict(_run(0.001, 0.03, None), status="diverged")
+  diverged = dict(made_up_run(0.001, 0.03, None), status="diverged")
   assert final_loss(diverged) == math.inf
 
 
 def test_a_one_lr_grid_is_extended_along_lr_only():
-  runs = [_run(lr, None, loss) for lr, loss in ((1e-3, 2.0), (3e-3, 1.5))]
+  runs = [
+    made_up_run(lr, None, loss) for lr, loss in ((1e-3, 2.0), (3e-3, 1.5))
+  ]
   assert tuning.edges(runs, runs[1]) == ["lr high"]
   lr, alr = tuning.next_point(runs)
   assert alr is None and lr == pytest.approx(9e-3)
 
 
 def test_a_one_point_axis_is_no_sweep_and_never_an_edge():
-  one = [_run(3e-3, 3e-2, 2.0)]
+  one = [made_up_run(3e-3, 3e-2, 2.0)]
   assert tuning.edges(one, one[0]) == []
   assert tuning.next_point(one) is None
   # One lr, three adam_lrs: the adam_lr axis is still a sweep.
-  line = [_run(3e-3, alr, 2.0 + i) for i, alr in enumerate((1e-2, 3e-2, 0.1))]
+  line = [
+    made_up_run(3e-3, alr, 2.0 + i) for i, alr in enumerate((1e-2, 3e-2, 0.1))
+  ]
   assert tuning.edges(line, line[0]) == ["adam_lr low"]
 
 
