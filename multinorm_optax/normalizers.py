@@ -65,24 +65,10 @@ def to_unit_max(x: Array, amax: Array) -> Array:
   zero ``amax`` leaves ``x`` (zero) unchanged. The exponent carries no
   gradient: the factor is piecewise constant in ``amax``.
   """
-  low, high = unit_max_factors(amax, x.dtype)
-  return x * low * high
-
-
-def unit_max_factors(amax: Array, dtype) -> tuple[Array, Array]:
-  r"""The two halves of :func:`to_unit_max`'s factor, shaped like ``amax``.
-
-  .. math:: 2^{-e} = 2^{-\lfloor e/2 \rfloor} \cdot 2^{\lfloor e/2 \rfloor - e}
-
-  ``x * low * high`` is ``to_unit_max(x, amax)`` bit for bit. Computed once
-  and passed into a loop over ``x``, the exponent's arithmetic runs once per
-  matrix instead of once per element of every read (XLA fuses it into each
-  consumer otherwise).
-  """
   _, e = jnp.frexp(jax.lax.stop_gradient(amax))
   half = e // 2
-  one = jnp.ones((), dtype)
-  return jnp.ldexp(one, -half), jnp.ldexp(one, half - e)
+  one = jnp.ones((), x.dtype)
+  return x * jnp.ldexp(one, -half) * jnp.ldexp(one, half - e)
 
 
 def repeat(body, num_iters, init):

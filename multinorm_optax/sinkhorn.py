@@ -39,13 +39,7 @@ import jax.numpy as jnp
 
 from multinorm_optax import _sharding
 from multinorm_optax.layout import CanonicalLayout
-from multinorm_optax.normalizers import (
-  repeat,
-  safe_ratio,
-  sqrt0,
-  to_unit_max,
-  unit_max_factors,
-)
+from multinorm_optax.normalizers import repeat, safe_ratio, sqrt0, to_unit_max
 
 OVERFLOW_GUARDS = ("max_abs", "on_demand")
 # The smallest sum of squares the on_demand path accepts from unscaled G.
@@ -250,9 +244,7 @@ def sinkhorn_warm(
     if amax is None:
       y_of, ops = (lambda x, scale: x * scale), (x,)
     else:
-      # to_unit_max(x, amax) * scale, its exponent arithmetic done once.
-      y_of = lambda x, low, high, scale: x * low * high * scale
-      ops = (x, *unit_max_factors(amax, f32))
+      y_of, ops = (lambda x, m, scale: to_unit_max(x, m) * scale), (x, amax)
 
     def squares(scale, axes):
       return sum_of_squares(y_of, ops + (scale,), axes)
