@@ -8,8 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
+
+import pytest
 
 from benchmarks import gpu_suite_report
 from benchmarks.common import RECORDS, read_records
@@ -119,3 +122,69 @@ def test_a_part_killed_mid_run_keeps_its_finished_cases(tmp_path):
   table = (work / "suite.md").read_text()
   assert "| step_cost | 124 | 30 | 30 | CUT |" in table
   assert "| tiny | bfloat16 | adamw |" in table
+
+
+STDLIB_JSON = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
+# The suite's other parts at the dry run's sizes, each with more cases than
+# it finishes before the signal, and how a finished case's record looks.
+PARTS = {
+  "throughput": (
+    ["--model", "tiny", "--batch-size", "4", "--seq-len", "32",
+     "--scan-layers", "--optimizers", "adamw,sinkgd,swan,muon",
+     "--warmup", "1", "--windows", "3", "--steps", "1"],
+    lambda r: r.get("kind") == "window",
+  ),
+  "attention_smoke": (
+    ["--model", "tiny", "--impls", "xla,einsum,auto", "--scan-layers",
+     "--batch-size", "2", "--seq-len", "32", "--steps", "2"],
+    lambda r: r.get("kind") == "row",
+  ),
+  "convergence": (
+    ["--in-process", "--model", "tiny", "--optimizers", "adamw2,sinkgd",
+     "--seeds", "0", "--corpora", STDLIB_JSON, "--max-extend", "0",
+     "--steps", "4", "--batch-size", "4", "--seq-len", "32",
+     "--eval-every", "2", "--eval-batches", "1",
+     "--lrs-adamw2", "1e-4,3e-4,1e-3,3e-3,1e-2,3e-2",
+     "--adam-lrs-adamw2", "1e-2,3e-2",
+     "--lrs-sinkgd", "1e-2,3e-2,1e-1", "--adam-lrs-sinkgd", "1e-2,3e-2"],
+    lambda r: "final_val_loss" in r,
+  ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", sorted(PARTS))
+def test_every_part_killed_mid_run_keeps_what_it_finished(tmp_path, module):
+  """The same SIGINT for each of the suite's other parts, once its first
+  case is recorded: the records stay readable, the summary tabulates them
+  from the module's own from_records or lists them, and marks the part cut."""
+  args, finished = PARTS[module]
+  work = tmp_path / "work"
+  command = [
+    sys.executable, "-m", f"benchmarks.{module}", *args,
+    "--out", str(work / module),
+  ]  # fmt: skip
+  records = work / module / RECORDS
+  start = time.monotonic()
+  with subprocess.Popen(
+    command, env=_env(PYTHONPATH=str(REPO)), cwd=REPO,
+    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+  ) as proc:  # fmt: skip
+    while not any(finished(r) for r in read_records(records)):
+      assert proc.poll() is None, proc.stderr.read()
+      assert time.monotonic() - start < 240
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=60)
+  assert rc != 0, f"{module} finished before the signal: give it more cases"
+  kept = read_records(records)
+  assert any(finished(r) for r in kept)
+  assert not (work / module / f"{module}.md").exists()
+  (work / "status.tsv").write_text(
+    f"{module}\t124\t30\t30\t{module}\tpython3 -m benchmarks.{module}\n"
+  )
+  suite = gpu_suite_report.main([str(work)])
+  [part] = suite["parts"]
+  assert part["cut"] and part["records"] == len(kept)
+  table = (work / "suite.md").read_text()
+  assert f"| {module} | 124 | 30 | 30 | CUT |" in table
+  assert "No records." not in table
