@@ -61,7 +61,7 @@ from pretrain.preemption import StopRequest, reached_sync_point
 from pretrain.record import run_record
 from pretrain.runtime import build_mesh, model_config, setup_runtime
 from pretrain.state import all_finite, init_state
-from pretrain.step import evaluate, make_eval_step, make_train_step
+from pretrain.step import evaluate, make_eval_step, train_step_for
 from pretrain.tokenizer import load_tokenizer
 
 
@@ -274,15 +274,7 @@ def _run(
     "process_count": jax.process_count(),
   }
   batch_sharding = meshlib.batch_sharding(mesh)
-  step_fn = make_train_step(
-    graphdef,
-    tx,
-    shardings,
-    batch_sharding,
-    grad_clip=config.grad_clip,
-    grad_accum=config.grad_accum,
-    nan_step=config.inject_nan_at,
-  )
+  step_fn = train_step_for(config, graphdef, tx, shardings, mesh)
   eval_fn = make_eval_step(graphdef, shardings["params"], batch_sharding)
   # The lr of every step, on the host: logging it never waits on the device.
   lrs = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(config.steps)))
