@@ -20,6 +20,7 @@ contract can be passed to :func:`multinorm_optax.multinorm` next to them.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,21 @@ def repeat(body, num_iters, init):
   return jax.lax.fori_loop(0, num_iters, body, init)
 
 
+def _unit_rms(g: Array, axis: tuple[int, ...]) -> Array:
+  r"""Every slice of ``g`` along ``axis`` scaled to root-mean-square 1.
+
+  .. math:: P(G)_s = \sqrt{k}\, G_s / \lVert G_s \rVert_2, \quad
+     k = \textstyle\prod_{a \in \text{axis}} \text{shape}_a
+
+  The l2 norm ``sqrt(k)`` of a slice of ``k`` entries is RMS 1: rows
+  (``axis=(-1,)``), columns (``(-2,)``) or whole matrices (``(-2, -1)``).
+  """
+  x = _f32(g)
+  k = math.prod(x.shape[a] for a in axis)
+  norm = sqrt0(jnp.sum(x * x, axis=axis, keepdims=True))
+  return (x * safe_ratio(jnp.sqrt(jnp.float32(k)), norm)).astype(g.dtype)
+
+
 def row_l2(g: Array) -> Array:
   r"""Scales every row to l2 norm ``sqrt(n)``.
 
@@ -116,10 +132,7 @@ def row_l2(g: Array) -> Array:
     >>> print(np.linalg.norm(np.asarray(row_l2(g), float), axis=-1).round(4))
     [1.4142 1.4142]
   """
-  x = _f32(g)
-  n = x.shape[-1]
-  norm = sqrt0(jnp.sum(x * x, axis=-1, keepdims=True))
-  return (x * safe_ratio(jnp.sqrt(jnp.float32(n)), norm)).astype(g.dtype)
+  return _unit_rms(g, axis=(-1,))
 
 
 def col_l2(g: Array) -> Array:
@@ -148,10 +161,7 @@ def col_l2(g: Array) -> Array:
     [[1.3416 1.4142]
      [0.4472 0.    ]]
   """
-  x = _f32(g)
-  m = x.shape[-2]
-  norm = sqrt0(jnp.sum(x * x, axis=-2, keepdims=True))
-  return (x * safe_ratio(jnp.sqrt(jnp.float32(m)), norm)).astype(g.dtype)
+  return _unit_rms(g, axis=(-2,))
 
 
 def row_standardize(g: Array) -> Array:
@@ -214,10 +224,7 @@ def rms(g: Array) -> Array:
     >>> print(round(float(jnp.sqrt(jnp.mean(rms(g) ** 2))), 4))
     1.0
   """
-  x = _f32(g)
-  m, n = x.shape[-2:]
-  norm = sqrt0(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
-  return (x * safe_ratio(jnp.sqrt(jnp.float32(m * n)), norm)).astype(g.dtype)
+  return _unit_rms(g, axis=(-2, -1))
 
 
 def sign(g: Array) -> Array:

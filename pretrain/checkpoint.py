@@ -332,9 +332,7 @@ class Checkpoints:
         saved = _read_run_record(self._path, step)
         break
       except Exception as e:
-        if not is_damage(e):
-          raise _not_damage(step, directory, e) from None
-        self._damaged[step] = f"run record: {_one_line(e)}"
+        self._damaged[step] = f"run record: {_damage(step, directory, e)}"
     if steps and saved is None:
       raise ValueError(
         f"no intact checkpoint in {directory}: step {steps[-1]}'s "
@@ -560,11 +558,9 @@ def read_run_record(directory, step: int) -> dict:
   try:
     return _read_run_record(directory, step)
   except Exception as e:
-    if not is_damage(e):
-      raise _not_damage(step, directory, e) from None
     raise ValueError(
       f"checkpoint step {step} of {directory} has no intact run record "
-      f"({_one_line(e)})"
+      f"({_damage(step, directory, e)})"
     ) from None
 
 
@@ -598,6 +594,14 @@ def _not_damage(step: int, directory, error: Exception) -> ValueError:
     f"cannot read checkpoint step {step} of {directory} ({_one_line(error)}); "
     f"this is not damage to the checkpoint, which is left as it is"
   )
+
+
+def _damage(step: int, directory, error: Exception) -> str:
+  """`error` in one line, where it is damage to checkpoint `step` (see
+  `is_damage`); otherwise raises the ValueError that says it is not."""
+  if not is_damage(error):
+    raise _not_damage(step, directory, error) from None
+  return _one_line(error)
 
 
 def restore_params(directory, step: int, abstract_params):
@@ -637,11 +641,9 @@ def restore_params(directory, step: int, abstract_params):
       finally:
         reader.close()
   except Exception as e:
-    if not is_damage(e):
-      raise _not_damage(step, directory, e) from None
     raise ValueError(
       f"checkpoint step {step} of {directory} is damaged (read error: "
-      f"{_one_line(e)})"
+      f"{_damage(step, directory, e)})"
     ) from None
   found = tree_checksums({"params": restored["params"]})
   bad = [k for k in found if sums.get(k) != found[k]]

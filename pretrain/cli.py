@@ -15,6 +15,7 @@ import os
 import sys
 
 from pretrain.checkpoint import SaveError
+from pretrain.command import OneLineParser, prog_name
 from pretrain.config import GROUPS, TrainConfig, field_type, flag_name
 from pretrain.errors import (
   ConfigError,
@@ -32,14 +33,9 @@ DESCRIPTION = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, no usage block
-    self.exit(ExitCode.BAD_FLAG, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   """An argparse parser with one flag per `TrainConfig` field, in its group."""
-  p = _Parser(prog=prog, description=DESCRIPTION)
+  p = OneLineParser(prog=prog, description=DESCRIPTION)
   groups = {g: p.add_argument_group(g) for g in GROUPS}
   for field in dataclasses.fields(TrainConfig):
     meta = field.metadata
@@ -118,7 +114,7 @@ def main_exit(argv=None, prog: str | None = None) -> None:
   """`main` as a process: exits with its code. After a failed save, orbax's
   writer threads may still wait for signals that will never come; they must
   not hold the process (and its allocation), so it leaves with `os._exit`."""
-  prog = prog or os.path.basename(sys.argv[0]) or PROG
+  prog = prog or prog_name("pretrain.cli")
   code = main(argv, prog)
   if code == ExitCode.SAVE_FAILED:
     sys.stdout.flush()

@@ -20,7 +20,6 @@ overwritten.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from pretrain.command import OneLineParser, prog_name
 from pretrain.data import load_corpus, token_dtype
 from pretrain.tokenizer import Tokenizer, load_tokenizer
 
@@ -144,14 +144,11 @@ def prepare(
   return meta
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, no usage block
-    self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def main(argv=None) -> int:
-  p = _Parser(
-    prog="python -m pretrain.prepare",
+def main(argv=None, prog: str | None = None) -> int:
+  """Prepares as the command line says; returns the exit status: 0, 1 on bad
+  input, 2 on a bad flag. `prog` (default: as it was run) starts its lines."""
+  p = OneLineParser(
+    prog=prog or prog_name("pretrain.prepare"),
     description=__doc__.split("\n\n")[0],
   )
   p.add_argument(

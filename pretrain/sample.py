@@ -17,7 +17,6 @@ on one host.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -29,6 +28,7 @@ from flax import nnx
 
 from models.llama import Llama, abstract_model, abstract_params
 from pretrain.checkpoint import complete_steps, read_run_record, restore_params
+from pretrain.command import OneLineParser, prog_name
 from pretrain.config import TrainConfig
 from pretrain.record import run_record
 from pretrain.runtime import model_config
@@ -166,14 +166,12 @@ def _next_id(
   return jax.random.categorical(key, logits)
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, no usage block
-    self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def main(argv=None) -> int:
-  p = _Parser(
-    prog="python -m pretrain.sample", description=__doc__.split("\n\n")[0]
+def main(argv=None, prog: str | None = None) -> int:
+  """Samples as the command line says; returns the exit status: 0, 1 on bad
+  input, 2 on a bad flag. `prog` (default: as it was run) starts its lines."""
+  p = OneLineParser(
+    prog=prog or prog_name("pretrain.sample"),
+    description=__doc__.split("\n\n")[0],
   )
   p.add_argument("--run-dir", default=os.path.join("runs", "default"))
   p.add_argument("--ckpt-dir", default=None, help="default: RUN_DIR/ckpt")

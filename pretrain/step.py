@@ -147,21 +147,28 @@ def make_train_step(
   )
 
 
-def jitted_train_step(config, model_config, mesh, tx):
-  """(the jitted step that `pretrain.trainer.train` runs for `config` on
-  `mesh`, the abstract train state it takes): what benchmarks lower, compile
-  and time, built from shapes."""
-  state, shardings = abstract_train_state(model_config, tx, mesh)
-  step = make_train_step(
-    nnx.graphdef(abstract_model(model_config)),
+def train_step_for(config, graphdef, tx, state_shardings, mesh):
+  """`make_train_step` as `config` sets it (clipping, microbatches, an
+  injected NaN), its batches split over `mesh`: the one step that
+  `pretrain.trainer.train` runs and benchmarks time."""
+  return make_train_step(
+    graphdef,
     tx,
-    shardings,
+    state_shardings,
     meshlib.batch_sharding(mesh),
     grad_clip=config.grad_clip,
     grad_accum=config.grad_accum,
     nan_step=config.inject_nan_at,
   )
-  return step, state
+
+
+def jitted_train_step(config, model_config, mesh, tx):
+  """(the jitted step that `pretrain.trainer.train` runs for `config` on
+  `mesh`, the abstract train state it takes): what benchmarks lower, compile
+  and time, built from shapes."""
+  state, shardings = abstract_train_state(model_config, tx, mesh)
+  graphdef = nnx.graphdef(abstract_model(model_config))
+  return train_step_for(config, graphdef, tx, shardings, mesh), state
 
 
 def make_eval_step(graphdef, params_shardings, batch_sharding):

@@ -25,6 +25,7 @@ prints and writes metrics; every process writes its shards of the checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import math
@@ -37,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from models.llama import (
+  LlamaConfig,
   attention_impl,
   count_params,
   create_sharded_model,
@@ -45,7 +47,7 @@ from models.llama import (
 from pretrain import mesh as meshlib
 from pretrain.checkpoint import Checkpoints, complete_steps
 from pretrain.config import TrainConfig
-from pretrain.data import load_data
+from pretrain.data import BatchSampler, Corpus, load_data
 from pretrain.errors import (
   InUseError,
   NonFiniteLossError,
@@ -61,7 +63,7 @@ from pretrain.preemption import StopRequest, reached_sync_point
 from pretrain.record import run_record
 from pretrain.runtime import build_mesh, model_config, setup_runtime
 from pretrain.state import all_finite, init_state
-from pretrain.step import evaluate, make_eval_step, make_train_step
+from pretrain.step import evaluate, make_eval_step, train_step_for
 from pretrain.tokenizer import load_tokenizer
 
 
@@ -95,6 +97,21 @@ class RunSummary(TypedDict):
   peak_memory_bytes: int | None
   history: list
   evals: list
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+  """What `train` has checked (and locked) before it builds anything: the
+  model, checkpoints, data and mesh of the run, and where its metrics go."""
+
+  model_cfg: LlamaConfig
+  ckpt: Checkpoints | None  # None: --ckpt-every 0 without --resume
+  corpus: Corpus
+  sampler: BatchSampler
+  val_batches: list  # this process's (inputs, targets); empty: no evaluation
+  mesh: jax.sharding.Mesh
+  metrics_path: str | None
+  tensorboard_dir: str | None
 
 
 def train(config: TrainConfig, *, prog: str = "train") -> RunSummary:
@@ -131,41 +148,35 @@ def train(config: TrainConfig, *, prog: str = "train") -> RunSummary:
   except RuntimeError as e:  # a missing optional package
     raise ValueError(str(e)) from None
   model_cfg = model_config(config, tokenizer)
-  ckpt = None
-  uses_ckpt = bool(config.ckpt_every or config.resume)
   if config.ckpt_every:
     check_writable_dir(ckpt_dir, "--ckpt-dir")
+  elif not config.resume:
+    ckpt_dir = None  # no checkpoint is read or written
   # Locked before the outputs are read, so that what is checked below stays
   # true while the run writes; released, with what it created, if refused.
   locks = _lock(
     lock_targets(
       config.run_dir,
-      ckpt_dir if uses_ckpt else None,
+      ckpt_dir,
       metrics_path,
       tensorboard_dir,
     )
   )
   try:
-    ckpt, corpus, sampler, val_batches, mesh = _check_inputs(
-      config, tokenizer, model_cfg, ckpt_dir, metrics_path, uses_ckpt
+    inputs = _check_inputs(
+      config,
+      tokenizer,
+      model_cfg,
+      ckpt_dir,
+      metrics_path,
+      tensorboard_dir,
     )
   except BaseException:
     if locks is not None:
       locks.release(tidy=True)
     raise
   try:
-    return _run(
-      config,
-      prog,
-      model_cfg,
-      ckpt,
-      corpus,
-      sampler,
-      val_batches,
-      mesh,
-      metrics_path,
-      tensorboard_dir,
-    )
+    return _run(config, prog, inputs)
   finally:
     if locks is not None:
       locks.release()
@@ -192,12 +203,12 @@ def _lock(targets) -> RunLocks | None:
 
 
 def _check_inputs(
-  config, tokenizer, model_cfg, ckpt_dir, metrics_path, uses_ckpt
-):
-  """(checkpoints, corpus, sampler, validation batches, mesh), each input
-  checked; raises ValueError before anything is written."""
+  config, tokenizer, model_cfg, ckpt_dir, metrics_path, tensorboard_dir
+) -> _Inputs:
+  """The run's inputs, each checked (checkpoints in `ckpt_dir` unless it is
+  None); raises ValueError before anything is written."""
   ckpt = None
-  if uses_ckpt:  # --resume --ckpt-every 0: restore, never save
+  if ckpt_dir is not None:  # --resume --ckpt-every 0: restore, never save
     ckpt = Checkpoints(
       ckpt_dir,
       run_record(config, model_cfg, tokenizer),
@@ -215,23 +226,21 @@ def _check_inputs(
       resume=config.resume,
     )
   corpus, sampler, val_batches = load_data(config, tokenizer)
-  mesh = build_mesh(config, model_cfg)
-  return ckpt, corpus, sampler, val_batches, mesh
+  return _Inputs(
+    model_cfg=model_cfg,
+    ckpt=ckpt,
+    corpus=corpus,
+    sampler=sampler,
+    val_batches=val_batches,
+    mesh=build_mesh(config, model_cfg),
+    metrics_path=metrics_path,
+    tensorboard_dir=tensorboard_dir,
+  )
 
 
-def _run(
-  config,
-  prog,
-  model_cfg,
-  ckpt,
-  corpus,
-  sampler,
-  val_batches,
-  mesh,
-  metrics_path,
-  tensorboard_dir,
-) -> RunSummary:
+def _run(config: TrainConfig, prog: str, inputs: _Inputs) -> RunSummary:
   """Restore or init, then the loop; the inputs are checked and locked."""
+  model_cfg, ckpt, mesh = inputs.model_cfg, inputs.ckpt, inputs.mesh
   state, shardings, graphdef, tx, schedule = _init(config, model_cfg, mesh)
   start = 0
   if ckpt is not None:
@@ -248,14 +257,14 @@ def _run(
 
   bs, T = config.batch_size, config.seq_len
   log = RunLog(
-    metrics_path,
+    inputs.metrics_path,
     start=start,
     steps=config.steps,
     tokens_per_step=bs * T,
     log_every=config.log_every,
     enabled=jax.process_index() == 0,
     progress=not config.no_progress,
-    tensorboard=tensorboard_dir,
+    tensorboard=inputs.tensorboard_dir,
     flops_per_token=flops_per_token(model_cfg, T),
     peak_flops=peak_flops(mesh.devices.flat[0]),
     devices=mesh.devices.flat,
@@ -263,33 +272,25 @@ def _run(
   notes = [*(ckpt.notes if ckpt else ()), *log.notes]
   for note in [*notes, *unsplit_dims(model_cfg, mesh)]:
     log.print(f"note: {note}")
-  log.print(describe(config, model_cfg, mesh, corpus))
+  log.print(describe(config, model_cfg, mesh, inputs.corpus))
   if start:
     log.print(f"resumed from {ckpt.directory}/{start}")
   to_global = functools.partial(meshlib.global_batch, mesh, global_rows=bs)
-  val = [(to_global(x), to_global(y)) for x, y in val_batches]
+  val = [(to_global(x), to_global(y)) for x, y in inputs.val_batches]
   save_every = config.ckpt_every if ckpt is not None else 0
   process = {
     "process_index": jax.process_index(),
     "process_count": jax.process_count(),
   }
   batch_sharding = meshlib.batch_sharding(mesh)
-  step_fn = make_train_step(
-    graphdef,
-    tx,
-    shardings,
-    batch_sharding,
-    grad_clip=config.grad_clip,
-    grad_accum=config.grad_accum,
-    nan_step=config.inject_nan_at,
-  )
+  step_fn = train_step_for(config, graphdef, tx, shardings, mesh)
   eval_fn = make_eval_step(graphdef, shardings["params"], batch_sharding)
   # The lr of every step, on the host: logging it never waits on the device.
   lrs = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(config.steps)))
 
   def load(step):
-    inputs, targets = sampler.batch(step, **process)
-    return to_global(inputs), to_global(targets)
+    x, y = inputs.sampler.batch(step, **process)
+    return to_global(x), to_global(y)
 
   def report(step, out):
     """Logs `step` from its metrics (waiting for that step only); stops the run
@@ -381,8 +382,8 @@ def _run(
     params=count_params(model_cfg),
     mesh=dict(mesh.shape),
     ckpt_dir=ckpt.directory if save_every else None,
-    metrics=metrics_path,
-    tensorboard=tensorboard_dir,
+    metrics=inputs.metrics_path,
+    tensorboard=inputs.tensorboard_dir,
     **log.summary(),
   )
   if stopped_at is not None:

@@ -226,24 +226,9 @@ def test_sharded_model_builds_and_runs_inside_a_one_device_mesh():
   assert model.lm_head.kernel[...].sharding.mesh.shape == mesh.shape
 
 
-def test_tiny_model_overfits_one_batch():
+def test_tiny_model_overfits_one_batch(next_token_losses):
   model = llama.Llama(SMALL, rngs=nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-  batch = _tokens(3, (4, 33))
-  inputs, targets = batch[:, :-1], batch[:, 1:]
-
-  def loss_fn(model):
-    log_probs = jax.nn.log_softmax(model(inputs))
-    one_hot = jax.nn.one_hot(targets, SMALL.vocab_size)
-    return -jnp.mean(jnp.sum(one_hot * log_probs, axis=-1))
-
-  @nnx.jit
-  def train_step(model, optimizer):
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
-
-  losses = [float(train_step(model, optimizer)) for _ in range(50)]
+  losses = next_token_losses(model, optax.adam(1e-3), _tokens(3, (4, 33)), 50)
   assert losses[0] > 5.0  # ~log(256) at init
   assert losses[-1] < 0.5 * losses[0]
 

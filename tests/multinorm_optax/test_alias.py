@@ -237,23 +237,12 @@ class _Block(nnx.Module):
     return self.lm_head(self.norm(jax.nn.gelu(self.hidden(self.embed(tokens)))))
 
 
-def test_nnx_optimizer_with_sinkgd_trains_and_labels_by_path():
+def test_nnx_optimizer_with_sinkgd_trains_and_labels_by_path(
+  next_token_losses,
+):
   model = _Block(nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, mo.sinkgd(3e-2, alpha=1.0), wrt=nnx.Param)
   tokens = jax.random.randint(jax.random.key(0), (8, 12), 0, 16)
-
-  def loss_fn(model):
-    logits = model(tokens[:, :-1])
-    targets = jax.nn.one_hot(tokens[:, 1:], 16)
-    return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), -1))
-
-  @nnx.jit
-  def step(model, optimizer):
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
-
-  losses = [float(step(model, optimizer)) for _ in range(60)]
+  losses = next_token_losses(model, mo.sinkgd(3e-2, alpha=1.0), tokens, 60)
   assert losses[-1] < 0.5 * losses[0]
   labels = mo.default_param_labels(nnx.state(model, nnx.Param))
   flat = {

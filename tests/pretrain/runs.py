@@ -80,6 +80,11 @@ def assert_trees_close(a, b, rtol):
     assert rel <= rtol, (jax.tree_util.keystr(path), rel)
 
 
+# The flags of the fsdp8 fixture's run (conftest.py) but its checkpoint ones:
+# what a run resuming it repeats.
+FSDP8 = ["--mesh", "fsdp=8", "--eval-batches", "1", "--eval-every", "3"]
+
+
 # ------------------------------------------------------------------ runs that stop
 
 # train.py with pauses, for stopping a run at a known point without sleeping:

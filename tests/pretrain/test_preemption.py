@@ -137,16 +137,24 @@ def test_under_jax_distributed_without_the_service_nothing_is_installed():
 # ------------------------------------------------------------------ train.py
 
 
+def signalled_twice(run_dir, signum) -> Run:
+  """A run (--ckpt-every 2) sent `signum` after step 2, and again inside the
+  write of step 3: the save the first signal asked for, as step 3 is the one
+  the loop was in (although --ckpt-every is 2). Left paused in that write."""
+  name = signal.Signals(signum).name
+  run = Run(run_dir, "--ckpt-every", "2", pauses="log=2,write=3")
+  run.wait_for("paused at log 2")
+  run.signal(signum, f"{name}: stopping after this step")
+  run.go_on()
+  run.wait_for("paused at write 3")
+  run.signal(signum, f"{name} again: ignored, the save of step 3")
+  return run
+
+
 def test_sigterm_saves_its_step_ignores_a_second_and_resumes_bitwise(
   tmp_path, uninterrupted
 ):
-  stopped = Run(tmp_path, "--ckpt-every", "2", pauses="log=2,write=3")
-  stopped.wait_for("paused at log 2")
-  stopped.signal(signal.SIGTERM, "SIGTERM: stopping after this step")
-  stopped.go_on()
-  # Step 3 is the one the loop was in: saved although --ckpt-every is 2.
-  stopped.wait_for("paused at write 3")
-  stopped.signal(signal.SIGTERM, "SIGTERM again: ignored, the save of step 3")
+  stopped = signalled_twice(tmp_path, signal.SIGTERM)
   stopped.go_on()
   assert stopped.finish() == ExitCode.TERMINATED == 143
   ckpt = tmp_path / "ckpt"
@@ -202,12 +210,7 @@ def test_ctrl_c_during_the_first_save_lets_it_finish_then_saves_and_stops(
 def test_third_signal_exits_during_the_stop_save_and_the_run_requeues(
   tmp_path, uninterrupted
 ):
-  stopped = Run(tmp_path, "--ckpt-every", "2", pauses="log=2,write=3")
-  stopped.wait_for("paused at log 2")
-  stopped.signal(signal.SIGINT, "SIGINT: stopping")
-  stopped.go_on()
-  stopped.wait_for("paused at write 3")
-  stopped.signal(signal.SIGINT, "SIGINT again: ignored")
+  stopped = signalled_twice(tmp_path, signal.SIGINT)
   stopped.signal(signal.SIGINT)
   assert stopped.finish() == 130
   ckpt = tmp_path / "ckpt"

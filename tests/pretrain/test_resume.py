@@ -15,6 +15,7 @@ from pretrain.checkpoint import complete_steps
 from pretrain.cli import main, parse_args
 from pretrain.trainer import train
 from tests.pretrain.runs import (
+  FSDP8,
   SMALL,
   STEPS,
   Run,
@@ -91,16 +92,7 @@ def test_stateless_recipe_trains_resumes_bitwise_and_refuses_another_rule(
 
 def test_resume_after_interruption_is_bitwise_identical(fsdp8, tmp_path):
   uninterrupted, saved = fsdp8
-  resumed = resume_from_step3(
-    saved,
-    tmp_path / "run",
-    "--mesh",
-    "fsdp=8",
-    "--eval-batches",
-    "1",
-    "--eval-every",
-    "3",
-  )
+  resumed = resume_from_step3(saved, tmp_path / "run", *FSDP8)
   assert resumed["start_step"] == 3
   assert [h["step"] for h in resumed["history"]] == [4, 5, 6]
   np.testing.assert_array_equal(losses(resumed), losses(uninterrupted)[3:])
@@ -144,17 +136,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_before_it(
   fsdp8, tmp_path, damage, capsys
 ):
   uninterrupted, saved = fsdp8
-  resumed = resume_from_step3(
-    saved,
-    tmp_path / "run",
-    "--mesh",
-    "fsdp=8",
-    "--eval-batches",
-    "1",
-    "--eval-every",
-    "3",
-    damage=damage,
-  )
+  resumed = resume_from_step3(saved, tmp_path / "run", *FSDP8, damage=damage)
   out = capsys.readouterr().out
   assert resumed["start_step"] == 3
   np.testing.assert_array_equal(losses(resumed), losses(uninterrupted)[3:])
