@@ -29,18 +29,7 @@ import jax
 import numpy as np
 
 import pretrain.runtime
-from benchmarks.common import (
-  RECORDS,
-  RecordWriter,
-  argv_of,
-  command_line,
-  csv_list,
-  default_out,
-  device_info,
-  now,
-  read_records,
-  write_outputs,
-)
+from benchmarks import common
 from benchmarks.throughput import prepare
 from models.llama import ATTENTION_IMPLS, attention_impl
 from pretrain.config import TrainConfig
@@ -129,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--model", default="tiny")
   p.add_argument(
     "--impls",
-    type=csv_list,
+    type=common.csv_list,
     default=["auto", "xla"],
     help=f"from {', '.join(ATTENTION_IMPLS)} (%(default)s)",
   )
@@ -152,16 +141,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  argv_list = argv_of(argv)
-  info = device_info()
-  out = args.out or default_out("attention_smoke", info["platform"])
-  with RecordWriter(out / RECORDS) as records:
+  argv_list = common.argv_of(argv)
+  info = common.device_info()
+  out = args.out or common.default_out("attention_smoke", info["platform"])
+  with common.RecordWriter(out / common.RECORDS) as records:
     records.write(
       {
         "kind": "metadata",
         **info,
-        "date": now(),
-        "command": command_line("attention_smoke", argv_list),
+        "date": common.now(),
+        "command": common.command_line("attention_smoke", argv_list),
         "model": args.model,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
@@ -183,10 +172,10 @@ def main(argv=None) -> dict:
         f"{'ok' if row['ok'] else 'FAILED ' + row.get('error', '')}",
         flush=True,
       )
-  result = from_records(read_records(out / RECORDS))
-  write_outputs(out, "attention_smoke", result, markdown(result))
+  result = from_records(common.read_records(out / common.RECORDS))
+  common.write_outputs(out, "attention_smoke", result, markdown(result))
   return result
 
 
 if __name__ == "__main__":
-  main()
+  common.run_as_script(main)

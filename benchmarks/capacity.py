@@ -48,17 +48,7 @@ import pretrain.config
 import pretrain.optim
 import pretrain.runtime
 import pretrain.step
-from benchmarks.common import (
-  RECORDS,
-  RecordWriter,
-  argv_of,
-  command_line,
-  csv_list,
-  default_out,
-  now,
-  read_records,
-  write_outputs,
-)
+from benchmarks import common
 from models.llama import CONFIGS, count_params
 from pretrain import mesh as meshlib
 from pretrain.config import TrainConfig
@@ -225,8 +215,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     description=__doc__.split("\n\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  p.add_argument("--models", type=csv_list, default=list(MODELS))
-  p.add_argument("--optimizers", type=csv_list, default=list(OPTIMIZERS))
+  p.add_argument("--models", type=common.csv_list, default=list(MODELS))
+  p.add_argument("--optimizers", type=common.csv_list, default=list(OPTIMIZERS))
   p.add_argument("--seq-len", type=int, default=256, help="(%(default)s)")
   p.add_argument(
     "--batch-per-device",
@@ -277,20 +267,20 @@ def main(argv=None) -> list[dict]:
   args = parse_args(argv)
   pretrain.runtime.setup_runtime(TrainConfig(cpu_devices=args.cpu_devices))
   platform = jax.default_backend()
-  out = args.out or default_out("capacity", platform)
-  argv_list = argv_of(argv)
+  out = args.out or common.default_out("capacity", platform)
+  argv_list = common.argv_of(argv)
   device = jax.devices()[0]
   meta = {
     "platform": platform,
     "device_kind": device.device_kind,
     "jax": jax.__version__,
-    "date": now(),
-    "command": command_line("capacity", argv_list),
+    "date": common.now(),
+    "command": common.command_line("capacity", argv_list),
     # What the allocator says it may use (None where the device does not
     # count): the budget a real run has, unlike --memory-gib's.
     "memory_stats": device.memory_stats(),
   }
-  with RecordWriter(out / RECORDS) as records:
+  with common.RecordWriter(out / common.RECORDS) as records:
     for model in args.models:
       for optimizer in args.optimizers:
         row = measure(args, model, optimizer)
@@ -304,10 +294,10 @@ def main(argv=None) -> list[dict]:
           f"{row['memory_analysis']['batch_2x']['compile_s']:.0f}s)",
           flush=True,
         )
-  rows = read_records(out / RECORDS)
-  write_outputs(out, "capacity", rows, markdown(rows, meta))
+  rows = common.read_records(out / common.RECORDS)
+  common.write_outputs(out, "capacity", rows, markdown(rows, meta))
   return rows
 
 
 if __name__ == "__main__":
-  main()
+  common.run_as_script(main)

@@ -17,12 +17,16 @@ import math
 import os
 import platform as platform_lib
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
+
+import pretrain.errors
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -98,6 +102,36 @@ def device_info() -> dict:
 
 def now() -> str:
   return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------ running
+
+
+def run_as_script(main: Callable[[], Any]) -> None:
+  """Runs a benchmark's `main()` as `python -m benchmarks.<name>` does: a
+  SIGINT or SIGTERM (the GPU suite's `timeout --signal=INT` at a part's
+  limit) ends the process at once with 128 + the signal's number, as does a
+  training run that such a signal stopped (`pretrain.errors.Stopped`, from
+  the in-process sweeps).
+
+  Every record is flushed and synced as it is written, so ending at once
+  loses nothing measured; unwinding instead (a KeyboardInterrupt raised in
+  the middle of a JAX compile or step) was seen to crash the interpreter's
+  exit (SIGSEGV) or hang it on JAX's threads, so a part cut at its limit
+  would not end when cut.
+  """
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, lambda n, _: _end(128 + n, signal.Signals(n).name))
+  try:
+    main()
+  except pretrain.errors.Stopped as e:
+    _end(e.code, str(e))
+
+
+def _end(code: int, why: str) -> None:
+  sys.stdout.flush()
+  os.write(2, f"{why}: ended; the records written so far are kept\n".encode())
+  os._exit(code)
 
 
 # ------------------------------------------------------------------ outputs

@@ -29,19 +29,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from benchmarks import variants
+from benchmarks import common, variants
 from benchmarks.capacity import compiled_memory
-from benchmarks.common import (
-  RECORDS,
-  RecordWriter,
-  argv_of,
-  command_line,
-  csv_list,
-  default_out,
-  device_info,
-  now,
-  read_records,
-)
 from benchmarks.step_cost import build_tx, optimizer_step, param_shapes
 
 # The suite's parts, as it runs them on the device (benchmarks/gpu_suite.sh).
@@ -116,16 +105,16 @@ def markdown(records: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--only", type=csv_list, default=list(PARTS))
+  p.add_argument("--only", type=common.csv_list, default=list(PARTS))
   p.add_argument("--out", type=Path, default=None)
   args = p.parse_args(argv)
-  out = args.out or default_out("compile_budget", jax.default_backend())
-  with RecordWriter(out / RECORDS) as records:
+  out = args.out or common.default_out("compile_budget", jax.default_backend())
+  with common.RecordWriter(out / common.RECORDS) as records:
     records.write(
       {
-        **device_info(),
-        "date": now(),
-        "command": command_line("compile_budget", argv_of(argv)),
+        **common.device_info(),
+        "date": common.now(),
+        "command": common.command_line("compile_budget", common.argv_of(argv)),
       }
     )
     for part, model, name, size in cases(args.only):
@@ -143,7 +132,7 @@ def main(argv=None) -> list[dict]:
         }
       )
       print(f"{part} {model} {name} {size}: {seconds:.1f} s", flush=True)
-  rows = read_records(out / RECORDS)
+  rows = common.read_records(out / common.RECORDS)
   table = markdown(rows)
   (out / "compile_budget.md").write_text(table)
   print(table)
@@ -151,4 +140,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  main()
+  common.run_as_script(main)

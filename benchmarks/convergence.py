@@ -57,22 +57,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks import variants
-from benchmarks.common import (
-  RECORDS,
-  RecordWriter,
-  argv_of,
-  command_line,
-  csv_list,
-  default_out,
-  device_info,
-  float_list,
-  int_list,
-  now,
-  write_outputs,
-)
+from benchmarks import common, variants
 from benchmarks.convergence_report import markdown, plot, summarize
-from benchmarks.sweep import Runner, Sizes, in_fresh_process
+from benchmarks.sweep import Runner, Sizes, runs_platform
 from benchmarks.tuning import DEFAULT_GRIDS, tune
 from models.llama import ATTENTION_IMPLS
 
@@ -119,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   tuned = [n for n, v in VARIANTS.items() if v.base is None]
   p.add_argument(
     "--optimizers",
-    type=csv_list,
+    type=common.csv_list,
     default=list(DEFAULT_OPTIMIZERS),
     help=f"comma-separated, from {', '.join(tuned)} "
     f"(default {','.join(DEFAULT_OPTIMIZERS)})",
@@ -127,7 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   ablations = [n for n, v in VARIANTS.items() if v.base is not None]
   p.add_argument(
     "--ablations",
-    type=csv_list,
+    type=common.csv_list,
     default=[],
     help=f"comma-separated, from {', '.join(ablations)}, or 'default' "
     f"({','.join(DEFAULT_ABLATIONS)}); none unless given",
@@ -136,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     lrs, adam_lrs = DEFAULT_GRIDS[name]
     p.add_argument(
       f"--lrs-{name}",
-      type=float_list,
+      type=common.float_list,
       default=None,
       metavar="LR,...",
       help=f"{name}'s lr grid (default {','.join(f'{x:g}' for x in lrs)})",
@@ -144,7 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if adam_lrs:
       p.add_argument(
         f"--adam-lrs-{name}",
-        type=float_list,
+        type=common.float_list,
         default=None,
         metavar="LR,...",
         help=f"{name}'s AdamW-group lr grid (default "
@@ -166,7 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
   p.add_argument(
     "--seeds",
-    type=int_list,
+    type=common.int_list,
     default=[0, 1, 2],
     help="seeds of the final runs (default 0,1,2)",
   )
@@ -175,7 +162,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument(
     "--corpora",
-    type=csv_list,
+    type=common.csv_list,
     default=["stdlib", "jaxstack"],
     help="train.py --data specs; the sweep uses the first (%(default)s)",
   )
@@ -273,15 +260,9 @@ def sweep_sizes(args) -> Sizes:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  argv_list = argv_of(argv)
-  # The parent never starts a JAX backend when runs have their own processes: on a GPU
-  # it would take the memory the runs need.
-  info = device_info() if args.in_process else in_fresh_process(device_info)
-  sizes = SIZES["cpu" if info["platform"] == "cpu" else "accelerator"]
-  for key, default in sizes.items():
-    if getattr(args, key) is None:
-      setattr(args, key, default)
-  out = args.out or default_out("convergence", info["platform"])
+  argv_list = common.argv_of(argv)
+  info = runs_platform(args, SIZES)
+  out = args.out or common.default_out("convergence", info["platform"])
   out.mkdir(parents=True, exist_ok=True)
   grids = {
     name: (
@@ -295,8 +276,8 @@ def main(argv=None) -> dict:
   result = {
     "metadata": {
       **info,
-      "date": now(),
-      "command": command_line("convergence", argv_list),
+      "date": common.now(),
+      "command": common.command_line("convergence", argv_list),
       "argv": argv_list,
       "isolated_processes": not args.in_process,
     },
@@ -323,7 +304,7 @@ def main(argv=None) -> dict:
   }
   with (
     tempfile.TemporaryDirectory(prefix="convergence_runs_") as scratch,
-    RecordWriter(out / RECORDS) as records,
+    common.RecordWriter(out / common.RECORDS) as records,
   ):
     run = Runner(
       sweep_sizes(args),
@@ -382,9 +363,9 @@ def main(argv=None) -> dict:
   result["all_runs"] = result["final_runs"] + [
     r for t in result["tuning"].values() for r in t["runs"]
   ]
-  write_outputs(out, "convergence", result, markdown(result), plot)
+  common.write_outputs(out, "convergence", result, markdown(result), plot)
   return result
 
 
 if __name__ == "__main__":
-  main()
+  common.run_as_script(main)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import variants
-from benchmarks.common import lr_axes, panels, save_figure
+from benchmarks import common, variants
 from benchmarks.sweep import final_loss
 
 ADAMW_KINDS = ("adamw", "adamw2")
@@ -260,7 +259,7 @@ def markdown(result: dict) -> str:
 def plot(result: dict, out: Path) -> None:
   s = result["settings"]
   corpora = list(result["summary"])
-  fig, axes = panels(len(corpora), 6.5, 4.5)
+  fig, axes = common.panels(len(corpora), 6.5, 4.5)
   for ax, corpus in zip(axes[0], corpora):
     lows, highs = [], []
     for variant in result["summary"][corpus]["rows"]:
@@ -296,12 +295,12 @@ def plot(result: dict, out: Path) -> None:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  save_figure(fig, out / "val_loss_vs_step.png")
+  common.save_figure(fig, out / "val_loss_vs_step.png")
 
   tuned = list(result["tuning"])
   if not tuned:
     return
-  fig, axes = panels(len(tuned), 3.6, 3.4)
+  fig, axes = common.panels(len(tuned), 3.6, 3.4)
   for ax, variant in zip(axes[0], tuned):
     runs = result["tuning"][variant]["runs"]
     for alr in sorted(
@@ -317,6 +316,6 @@ def plot(result: dict, out: Path) -> None:
         marker="o",
         label="one lr" if alr is None else f"adam_lr {alr:g}",
       )
-    lr_axes(ax, variant, "lr (matrices: alpha x lr for sinkgd/swan)")
+    common.lr_axes(ax, variant, "lr (matrices: alpha x lr for sinkgd/swan)")
   axes[0][0].set_ylabel("final validation loss")
-  save_figure(fig, out / "lr_sweep.png")
+  common.save_figure(fig, out / "lr_sweep.png")

@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.common import RECORDS, read_records
+from benchmarks import common
 
 # timeout's exit when its INT ended the part, KILL's, and a part the suite
 # had no time left for.
@@ -45,7 +45,7 @@ def read_status(work: Path) -> list[dict]:
   path = work / "status.tsv"
   for line in path.read_text().splitlines() if path.exists() else []:
     name, rc, seconds, limit, module, command = line.split("\t", 5)
-    records = read_records(work / name / RECORDS)
+    records = common.read_records(work / name / common.RECORDS)
     parts.append(
       {
         "part": name,
@@ -71,7 +71,7 @@ def part_table(work: Path, part: dict) -> str:
   finished = work / part["part"] / f"{part['module']}.md"
   if finished.exists():
     return finished.read_text()
-  records = read_records(work / part["part"] / RECORDS)
+  records = common.read_records(work / part["part"] / common.RECORDS)
   if not records:
     return "No records.\n"
   module = importlib.import_module(f"benchmarks.{part['module']}")
@@ -80,7 +80,7 @@ def part_table(work: Path, part: dict) -> str:
       return module.markdown(module.from_records(records))
     except Exception as e:  # a cut part's records may not make a table
       note = f"(its table failed: {type(e).__name__}: {e})\n\n"
-      records = read_records(work / part["part"] / RECORDS)
+      records = common.read_records(work / part["part"] / common.RECORDS)
   else:
     note = ""
   return note + records_table(records)
@@ -112,7 +112,7 @@ def attention_used(work: Path, parts: list[dict]) -> dict:
   """Per part, the attention implementation its records say ran."""
   out = {}
   for p in parts:
-    for r in read_records(work / p["part"] / RECORDS):
+    for r in common.read_records(work / p["part"] / common.RECORDS):
       if "resolves_to" in r:
         hlo = r.get("cudnn_in_hlo")
         out.setdefault(p["part"], []).append(

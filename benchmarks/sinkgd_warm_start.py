@@ -45,7 +45,7 @@ import pretrain.optim
 import pretrain.runtime
 import pretrain.state
 import pretrain.step
-from benchmarks.common import RESULTS, write_outputs
+from benchmarks import common
 from models.llama import create_sharded_model
 from pretrain import mesh as meshlib
 from pretrain.config import TrainConfig
@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
     default=",".join(VARIANTS),
     help=f"comma-separated, from {', '.join(VARIANTS)}",
   )
-  p.add_argument("--out", default=str(RESULTS / "sinkgd_warm_start_cpu"))
+  p.add_argument("--out", default=str(common.RESULTS / "sinkgd_warm_start_cpu"))
   args = p.parse_args(argv)
   names = [n.strip() for n in args.variants.split(",") if n.strip()]
   bad = [n for n in names if n not in VARIANTS]
@@ -209,9 +209,11 @@ def main(argv=None) -> dict:
       f"loss {v['final_train_loss_last_10']:.3f}",
       flush=True,
     )
-  write_outputs(Path(args.out), "sinkgd_warm_start", result, markdown(result))
+  common.write_outputs(
+    Path(args.out), "sinkgd_warm_start", result, markdown(result)
+  )
   return result
 
 
 if __name__ == "__main__":
-  main()
+  common.run_as_script(main)

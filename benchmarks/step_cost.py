@@ -92,21 +92,7 @@ import optax
 
 import multinorm_optax as mo
 import pretrain.optim
-from benchmarks import variants
-from benchmarks.common import (
-  RECORDS,
-  RecordWriter,
-  argv_of,
-  command_line,
-  csv_list,
-  default_out,
-  human_bytes,
-  now,
-  read_records,
-  tree_bytes,
-  versions,
-  write_outputs,
-)
+from benchmarks import common, variants
 from models.llama import abstract_params, get_config
 from pretrain import mesh as meshlib
 from pretrain.config import TrainConfig
@@ -198,7 +184,7 @@ def state_bytes(tx, params) -> tuple[int, int]:
     for leaf, mine in zip(jax.tree.leaves(state), jax.tree.leaves(of_matrix))
     if mine
   ]
-  return tree_bytes(state), tree_bytes(matrix_leaves)
+  return common.tree_bytes(state), common.tree_bytes(matrix_leaves)
 
 
 # ---------------------------------------------------------------------------
@@ -514,7 +500,7 @@ def markdown(result: dict) -> str:
   ]
   for m in result["models"]:
     lines.append(
-      f"| {m['model']} | {m['num_params'] / 1e6:.1f}M | {human_bytes(m['param_bytes'])} | "
+      f"| {m['model']} | {m['num_params'] / 1e6:.1f}M | {common.human_bytes(m['param_bytes'])} | "
       f"{m['copy']['median_ms']:.3f} | {m['pass_ms']:.3f} | {m['read']['median_ms']:.3f} |"
     )
   lines += [
@@ -531,8 +517,8 @@ def markdown(result: dict) -> str:
       )
       lines.append(
         f"| {m['model']} | {r['grad_dtype']} | {r['optimizer']} | {r['median_ms']:.3f} | "
-        f"{r['passes']:.1f} | {ratio} | {human_bytes(r['state_bytes'])} / "
-        f"{human_bytes(r['state_bytes_matrices'])} |"
+        f"{r['passes']:.1f} | {ratio} | {common.human_bytes(r['state_bytes'])} / "
+        f"{common.human_bytes(r['state_bytes_matrices'])} |"
       )
       if r["repeats"] < result["timing"]["repeats"]:
         notes.append(
@@ -580,23 +566,23 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument(
     "--models",
-    type=csv_list,
+    type=common.csv_list,
     default=None,
     help=f"comma-separated LLaMA configs (default: {','.join(CPU_MODELS)} on "
     f"CPU, {','.join(ACCELERATOR_MODELS)} on GPU/TPU)",
   )
   p.add_argument(
     "--optimizers",
-    type=csv_list,
+    type=common.csv_list,
     default=list(OPTIMIZERS),
     help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default: all)",
   )
   p.add_argument(
-    "--skip", type=csv_list, default=[], help="optimizers to leave out"
+    "--skip", type=common.csv_list, default=[], help="optimizers to leave out"
   )
   p.add_argument(
     "--grad-dtypes",
-    type=csv_list,
+    type=common.csv_list,
     default=["float32", "bfloat16"],
     help="gradient dtypes (default: float32,bfloat16)",
   )
@@ -668,7 +654,7 @@ def main(argv=None) -> dict:
     warnings.filterwarnings(
       "ignore", message="Some donated buffers were not usable"
     )
-    return run(args, argv_of(argv))
+    return run(args, common.argv_of(argv))
 
 
 def from_records(records: list[dict]) -> dict:
@@ -715,7 +701,7 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
     calls=args.calls or (1 if on_cpu else 5),
     max_seconds=args.max_seconds,
   )
-  out = args.out or default_out("step_cost", platform)
+  out = args.out or common.default_out("step_cost", platform)
   if args.orientation:
     # The whole-tree case on the largest model asked for (default 60m).
     model = (args.models or ["60m"])[-1]
@@ -727,7 +713,7 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
     f"{plan.repeats} samples of {plan.calls} step(s)",
     flush=True,
   )
-  with RecordWriter(out / RECORDS) as records:
+  with common.RecordWriter(out / common.RECORDS) as records:
     records.write(
       {
         "kind": "metadata",
@@ -736,10 +722,10 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
           "device_kind": device.device_kind,
           "device_count": jax.device_count(),
           "cpu_count": os.cpu_count(),
-          "date": now(),
-          "command": command_line("step_cost", argv_list),
+          "date": common.now(),
+          "command": common.command_line("step_cost", argv_list),
           "argv": argv_list,
-          **versions(),
+          **common.versions(),
         },
         "learning_rate": {
           name: case_config(name).lr for name in args.optimizers
@@ -748,8 +734,8 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict:
       }
     )
     measure(args, models, plan, records)
-  result = from_records(read_records(out / RECORDS))
-  write_outputs(out, "step_cost", result, markdown(result))
+  result = from_records(common.read_records(out / common.RECORDS))
+  common.write_outputs(out, "step_cost", result, markdown(result))
   return result
 
 
@@ -763,7 +749,7 @@ def measure(args, models: list[str], plan: TimingPlan, records) -> None:
     entry = {
       "model": model,
       "num_params": sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)),
-      "param_bytes": tree_bytes(shapes),
+      "param_bytes": common.tree_bytes(shapes),
     }
     entry.update(time_memory_baselines(params, plan))
     entry["pass_ms"] = entry["copy"]["median_ms"] / 2
@@ -902,15 +888,15 @@ def orientation(
   (`cases_of`: `orientation_cases`' arguments)."""
   path = out / "orientation.jsonl"
   key = jax.random.key(seed)
-  with RecordWriter(path) as records:
+  with common.RecordWriter(path) as records:
     records.write(
       {
         "kind": "metadata",
-        "command": command_line("step_cost", argv_list),
-        "date": now(),
+        "command": common.command_line("step_cost", argv_list),
+        "date": common.now(),
         "cpu_count": os.cpu_count(),
         "timing": plan._asdict(),
-        **versions(),
+        **common.versions(),
       }
     )
     for tree, (shapes, cases) in orientation_cases(**cases_of).items():
@@ -931,9 +917,9 @@ def orientation(
         }
       )
       print(tree, {k: round(v, 2) for k, v in medians.items()}, flush=True)
-  records = read_records(path)
+  records = common.read_records(path)
   result = {**records[0], "trees": records[1:]}
-  write_outputs(out, "orientation", result, orientation_markdown(result))
+  common.write_outputs(out, "orientation", result, orientation_markdown(result))
   return result
 
 
@@ -948,4 +934,4 @@ def orientation_markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-  main()
+  common.run_as_script(main)

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 import multinorm_optax as mo
-from benchmarks.common import RECORDS, RESULTS, RecordWriter, csv_list, int_list
+from benchmarks import common
 from multinorm_optax import normalizers as norms
 
 # (mode, ns_steps or None for the mode's default, seed)
@@ -236,14 +236,14 @@ def main(argv=None):
   )
   p.add_argument(
     "--precisions",
-    type=csv_list,
+    type=common.csv_list,
     default=["default"],
     help="accuracy: jax matmul precisions to whiten at, e.g. default,highest "
     "(%(default)s)",
   )
   p.add_argument(
     "--shape",
-    type=int_list,
+    type=common.int_list,
     default=[256, 1024],
     help="accuracy: the test matrices' m,n (%(default)s)",
   )
@@ -261,7 +261,7 @@ def main(argv=None):
   p.add_argument(
     "--out",
     type=Path,
-    default=RESULTS / "swan_whitening_cpu",
+    default=common.RESULTS / "swan_whitening_cpu",
   )
   p.add_argument(
     "--fast-lower",
@@ -282,7 +282,7 @@ def main(argv=None):
       "| precision | mode | ns_steps | input cond | min sv | max sv | "
       "null sv | max abs err |\n|---|---|---|---|---:|---:|---:|---:|"
     )
-    with RecordWriter(args.out / RECORDS) as records:
+    with common.RecordWriter(args.out / common.RECORDS) as records:
       rows = accuracy(args, records)
     (args.out / "accuracy.json").write_text(json.dumps(rows, indent=1))
   else:
@@ -290,4 +290,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  common.run_as_script(main)

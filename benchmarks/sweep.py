@@ -31,8 +31,7 @@ import pretrain.errors
 import pretrain.optim
 import pretrain.runtime
 import pretrain.trainer
-from benchmarks import variants
-from benchmarks.common import tree_bytes
+from benchmarks import common, variants
 from models.llama import abstract_params
 from pretrain.config import TrainConfig
 from pretrain.tokenizer import load_tokenizer
@@ -122,7 +121,9 @@ def optimizer_state_bytes(config: TrainConfig) -> tuple[int, int]:
   )
   params = abstract_params(model_config)
   tx, _ = pretrain.optim.make_optimizer(config)
-  return tree_bytes(jax.eval_shape(tx.init, params)), tree_bytes(params)
+  return common.tree_bytes(jax.eval_shape(tx.init, params)), common.tree_bytes(
+    params
+  )
 
 
 def run_training(config: TrainConfig) -> dict:
@@ -150,6 +151,24 @@ def in_fresh_process(fn, *args):
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
     return pool.submit(fn, *args).result()
+
+
+def runs_platform(args, sizes_by_platform: dict[str, dict]) -> dict:
+  """`common.device_info()` of where the sweep's runs train, and `args`' sizes
+  left unset (None) filled from `sizes_by_platform["cpu"]` or
+  `["accelerator"]`. Unless `args.in_process`, the info comes from a fresh
+  process: the parent never starts a JAX backend that, on a GPU, would take
+  the memory the runs need."""
+  info = (
+    common.device_info()
+    if args.in_process
+    else in_fresh_process(common.device_info)
+  )
+  platform = "cpu" if info["platform"] == "cpu" else "accelerator"
+  for key, default in sizes_by_platform[platform].items():
+    if getattr(args, key, None) is None:
+      setattr(args, key, default)
+  return info
 
 
 # ------------------------------------------------------------------ reading

@@ -34,19 +34,7 @@ import pretrain.optim
 import pretrain.runtime
 import pretrain.state
 import pretrain.step
-from benchmarks import variants
-from benchmarks.common import (
-  RECORDS,
-  RecordWriter,
-  argv_of,
-  command_line,
-  csv_list,
-  default_out,
-  now,
-  read_records,
-  versions,
-  write_outputs,
-)
+from benchmarks import common, variants
 from models.llama import attention_impl, create_sharded_model
 from pretrain import mesh as meshlib
 from pretrain.config import TrainConfig
@@ -172,7 +160,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   p.add_argument("--model", default="tiny")
-  p.add_argument("--optimizers", type=csv_list, default=list(OPTIMIZERS))
+  p.add_argument("--optimizers", type=common.csv_list, default=list(OPTIMIZERS))
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--seq-len", type=int, default=128)
   p.add_argument("--grad-accum", type=int, default=1)
@@ -208,12 +196,12 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   pretrain.runtime.setup_runtime(TrainConfig(cpu_devices=args.cpu_devices))
   platform = jax.default_backend()
-  argv_list = argv_of(argv)
-  out = args.out or default_out("throughput", platform)
+  argv_list = common.argv_of(argv)
+  out = args.out or common.default_out("throughput", platform)
   tokens = np.random.default_rng(0).integers(
     0, 256, (args.batch_size, args.seq_len + 1), dtype=np.int32
   )
-  with RecordWriter(out / RECORDS) as records:
+  with common.RecordWriter(out / common.RECORDS) as records:
     runs = []
     for name in args.optimizers:
       config = TrainConfig(
@@ -240,8 +228,8 @@ def main(argv=None) -> dict:
       for name, run in zip(args.optimizers, runs):
         seconds = run_steps(run, args.steps)
         records.write({"kind": "window", "optimizer": name, "seconds": seconds})
-  result = from_records(read_records(out / RECORDS))
-  write_outputs(out, "throughput", result, markdown(result))
+  result = from_records(common.read_records(out / common.RECORDS))
+  common.write_outputs(out, "throughput", result, markdown(result))
   return result
 
 
@@ -260,9 +248,9 @@ def _metadata(args, run: dict, platform: str, argv_list: list[str]) -> dict:
       "attention": attention_impl(
         run["config"].attention, model_config.dtype, head_dim
       ),
-      "date": now(),
-      "command": command_line("throughput", argv_list),
-      **versions(),
+      "date": common.now(),
+      "command": common.command_line("throughput", argv_list),
+      **common.versions(),
     },
     "config": {
       k: getattr(args, k)
@@ -295,4 +283,4 @@ def _compiled(name: str, run: dict) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  common.run_as_script(main)

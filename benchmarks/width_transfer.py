@@ -34,24 +34,9 @@ import math
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import (
-  RECORDS,
-  RecordWriter,
-  argv_of,
-  command_line,
-  csv_list,
-  default_out,
-  device_info,
-  float_list,
-  int_list,
-  lr_axes,
-  now,
-  panels,
-  save_figure,
-  write_outputs,
-)
+from benchmarks import common
 from benchmarks.convergence_report import format_lr
-from benchmarks.sweep import Runner, Sizes, final_loss, in_fresh_process
+from benchmarks.sweep import Runner, Sizes, final_loss, runs_platform
 from benchmarks.tuning import DEFAULT_GRIDS
 
 DEFAULT_WIDTHS = (64, 128, 256, 512)
@@ -183,7 +168,7 @@ def markdown(result: dict) -> str:
 def plot(result: dict, out: Path) -> None:
   s, runs = result["settings"], result["runs"]
   variants = list(s["lrs"])
-  fig, axes = panels(len(variants), 3.6, 3.4)
+  fig, axes = common.panels(len(variants), 3.6, 3.4)
   for ax, variant in zip(axes[0], variants):
     for w in s["widths"]:
       line = sorted(
@@ -201,9 +186,9 @@ def plot(result: dict, out: Path) -> None:
         marker="o",
         label=f"d={w}",
       )
-    lr_axes(ax, variant, "lr (sinkgd/swan matrices: 0.05 x lr)")
+    common.lr_axes(ax, variant, "lr (sinkgd/swan matrices: 0.05 x lr)")
   axes[0][0].set_ylabel("final validation loss")
-  save_figure(fig, out / "width_transfer.png")
+  common.save_figure(fig, out / "width_transfer.png")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -213,13 +198,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument(
     "--widths",
-    type=int_list,
+    type=common.int_list,
     default=list(DEFAULT_WIDTHS),
     help=f"d_model values (default {','.join(map(str, DEFAULT_WIDTHS))})",
   )
   p.add_argument(
     "--optimizers",
-    type=csv_list,
+    type=common.csv_list,
     default=list(DEFAULT_OPTIMIZERS),
     help=f"from {', '.join(DEFAULT_LRS)} (default "
     f"{','.join(DEFAULT_OPTIMIZERS)})",
@@ -227,7 +212,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   for name, lrs in DEFAULT_LRS.items():
     p.add_argument(
       f"--lrs-{name}",
-      type=float_list,
+      type=common.float_list,
       default=None,
       metavar="LR,...",
       help=f"(default {','.join(f'{x:g}' for x in lrs)})",
@@ -267,13 +252,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  argv_list = argv_of(argv)
-  info = device_info() if args.in_process else in_fresh_process(device_info)
-  sizes = SIZES["cpu" if info["platform"] == "cpu" else "accelerator"]
-  for key, default in sizes.items():
-    if getattr(args, key, None) is None:
-      setattr(args, key, default)
-  out = args.out or default_out("width_transfer", info["platform"])
+  argv_list = common.argv_of(argv)
+  info = runs_platform(args, SIZES)
+  out = args.out or common.default_out("width_transfer", info["platform"])
   out.mkdir(parents=True, exist_ok=True)
   lrs = {
     v: getattr(args, f"lrs_{v}") or DEFAULT_LRS[v] for v in args.optimizers
@@ -284,8 +265,8 @@ def main(argv=None) -> dict:
   result = {
     "metadata": {
       **info,
-      "date": now(),
-      "command": command_line("width_transfer", argv_list),
+      "date": common.now(),
+      "command": common.command_line("width_transfer", argv_list),
     },
     "settings": {
       **{k: getattr(args, k) for k in SIZES["cpu"]},
@@ -300,7 +281,7 @@ def main(argv=None) -> dict:
   sizes = Sizes(**{k: getattr(args, k) for k in SIZES["cpu"]})
   with (
     tempfile.TemporaryDirectory(prefix="width_runs_") as scratch,
-    RecordWriter(out / RECORDS) as records,
+    common.RecordWriter(out / common.RECORDS) as records,
   ):
     run = Runner(
       sizes,
@@ -327,9 +308,9 @@ def main(argv=None) -> dict:
           (out / "width_transfer.json").write_text(json.dumps(result))
   result["metadata"]["runs_trained"] = run.count
   result["metadata"]["runs_missing"] = run.missing
-  write_outputs(out, "width_transfer", result, markdown(result), plot)
+  common.write_outputs(out, "width_transfer", result, markdown(result), plot)
   return result
 
 
 if __name__ == "__main__":
-  main()
+  common.run_as_script(main)

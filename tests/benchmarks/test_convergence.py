@@ -8,8 +8,8 @@ import sysconfig
 
 import pytest
 
+from benchmarks import common
 from benchmarks import convergence as cv
-from benchmarks.common import RECORDS, read_records
 
 DATA = os.path.join(sysconfig.get_paths()["stdlib"], "json")
 
@@ -80,7 +80,7 @@ def test_tiny_sweep_writes_tables_plots_and_reusable_runs(out_dir):
   assert summary["reference"] in ("adamw", "adamw2")
   assert len(list((out / "runs").glob("*.json"))) == 3
   # Each run was also appended to the records as it finished.
-  kept = [r["variant"] for r in read_records(out / RECORDS)]
+  kept = [r["variant"] for r in common.read_records(out / common.RECORDS)]
   assert kept == ["adamw", "adamw2", "sinkgd"]
   # A second call reuses every stored run (none is trained again).
   again = cv.main(argv)

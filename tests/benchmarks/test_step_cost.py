@@ -9,8 +9,7 @@ import math
 import jax
 import pytest
 
-from benchmarks import step_cost
-from benchmarks.common import tree_bytes
+from benchmarks import common, step_cost
 
 OPTIMIZERS = ("sgd", "adamw", "swan", "sinkgd_l5", "sinkgd_stateless")
 GRAD_DTYPES = ("float32", "bfloat16")
@@ -19,7 +18,7 @@ GRAD_DTYPES = ("float32", "bfloat16")
 def _matrix_param_bytes(shapes) -> int:
   labels = step_cost.mo.default_param_labels(shapes)
   return sum(
-    tree_bytes(s)
+    common.tree_bytes(s)
     for s, label in zip(jax.tree.leaves(shapes), jax.tree.leaves(labels))
     if label == "multinorm"
   )
@@ -75,7 +74,7 @@ def test_tiny_run_writes_finite_times_and_expected_state_bytes(out_dir):
     assert f"| tiny | {dtype} | {name} |" in table
 
   shapes = step_cost.param_shapes("tiny")
-  param_bytes = tree_bytes(shapes)
+  param_bytes = common.tree_bytes(shapes)
   assert model["param_bytes"] == param_bytes
   for dtype in GRAD_DTYPES:
     assert steps["adamw", dtype]["ratio_to_adamw"] == 1.0

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import sweep
-from benchmarks.common import RESULTS
+from benchmarks import common, sweep
 from pretrain.cli import parse_args
 
 STORES = ("convergence_cpu", "width_transfer_cpu")
@@ -15,7 +14,7 @@ STORES = ("convergence_cpu", "width_transfer_cpu")
 
 def _stored_runs():
   for store in STORES:
-    for path in sorted((RESULTS / store / "runs").glob("*.json")):
+    for path in sorted((common.RESULTS / store / "runs").glob("*.json")):
       yield store, path
 
 
