@@ -118,17 +118,13 @@ def _momentum_options(c: TrainConfig) -> dict:
   )
 
 
-def _overflow_guard(c: TrainConfig) -> dict:
-  """The guard given on the command line; none leaves the recipe's default."""
-  return (
-    {} if c.overflow_guard is None else {"overflow_guard": c.overflow_guard}
-  )
-
-
-def _guard_default(default: str) -> Callable[[TrainConfig], dict]:
-  """`library_defaults` of a recipe whose overflow guard defaults to `default`."""
+def _guard_left_to(
+  default: Callable[[TrainConfig], str],
+) -> Callable[[TrainConfig], dict]:
+  """`library_defaults` of a recipe whose overflow guard, left unset, is
+  `default(config)`."""
   return lambda c: (
-    {"overflow_guard": default} if c.overflow_guard is None else {}
+    {"overflow_guard": default(c)} if c.overflow_guard is None else {}
   )
 
 
@@ -138,8 +134,8 @@ def _sinkgd(c: TrainConfig, s: Schedules):
     num_iters=c.num_iters,
     impl=c.sinkgd_impl,
     warm_start=c.warm_start,
+    overflow_guard=c.overflow_guard or mo.alias.SINKGD_OVERFLOW_GUARD,
     adam_learning_rate=s.adam,
-    **_overflow_guard(c),
     **_recipe_options(c),
     **_momentum_options(c),
   )
@@ -162,7 +158,7 @@ def _sinkgd_stateless(c: TrainConfig, s: Schedules):
     num_iters=c.num_iters,
     impl=c.sinkgd_impl,
     rest_learning_rate=s.adam,
-    **_overflow_guard(c),
+    overflow_guard=c.overflow_guard,  # None: the recipe's own
     **_recipe_options(c),
   )
 
@@ -255,7 +251,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
       | _momentum_kind(c)
       | _update_scale_kind(c)
     ),
-    library_defaults=_guard_default(mo.alias.SINKGD_OVERFLOW_GUARD),
+    library_defaults=_guard_left_to(lambda c: mo.alias.SINKGD_OVERFLOW_GUARD),
   ),
   "swan": OptimizerSpec(
     0.03,
@@ -279,7 +275,9 @@ REGISTRY: dict[str, OptimizerSpec] = {
     frozenset(_NORMALIZED | _SINKHORN | {"overflow_guard"}),
     _sinkgd_stateless,
     state_kind=_update_scale_kind,
-    library_defaults=_guard_default(mo.alias.STATELESS_OVERFLOW_GUARD),
+    library_defaults=_guard_left_to(
+      lambda c: mo.alias.stateless_overflow_guard(c.sinkgd_impl)
+    ),
   ),
 }
 OPTIMIZERS = tuple(REGISTRY)

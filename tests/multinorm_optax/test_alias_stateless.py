@@ -221,3 +221,23 @@ def test_default_guard_reads_the_gradient_one_time_less():
 
   assert max_reductions_outside_conditionals(overflow_guard="max_abs") > 0
   assert max_reductions_outside_conditionals() == 0
+
+
+def test_reference_impl_takes_the_max_abs_guard_unless_told_otherwise(
+  llama_grads,
+):
+  # The materialized normalizations have only the max|G| path: left unset,
+  # the guard follows impl; asked for on_demand, impl="reference" refuses.
+  params, grads = llama_grads
+
+  def step(**kwargs):
+    tx = mo.sinkgd_stateless(LR, rest_learning_rate=REST_LR, **kwargs)
+    return jax.jit(tx.update)(grads, tx.init(params), params)[0]
+
+  assert mo.alias.stateless_overflow_guard("reference") == "max_abs"
+  assert mo.alias.stateless_overflow_guard("auto") == "on_demand"
+  chex.assert_trees_all_close(
+    step(impl="reference"), step(), rtol=1e-5, atol=1e-9
+  )
+  with pytest.raises(ValueError, match="need impl='fused'"):
+    mo.sinkgd_stateless(LR, impl="reference", overflow_guard="on_demand")

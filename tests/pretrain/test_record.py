@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pretrain.cli import parse_args
+from pretrain.optim import make_optimizer
 from pretrain.record import library_defaults
 
 
@@ -25,3 +26,10 @@ def test_run_record_names_each_recipes_overflow_guard():
   assert library_defaults(stateless) == {"overflow_guard": "on_demand"}
   explicit = ["--optimizer", "sinkgd_stateless", "--overflow-guard", "max_abs"]
   assert library_defaults(parse_args(explicit)) == {}
+  # The materialized SR-Sinkhorn has only max_abs: the stateless recipe's
+  # default follows --sinkgd-impl, and such a run builds.
+  reference = parse_args(
+    ["--optimizer", "sinkgd_stateless", "--sinkgd-impl", "reference"]
+  )
+  assert library_defaults(reference) == {"overflow_guard": "max_abs"}
+  make_optimizer(reference)
