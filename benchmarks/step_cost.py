@@ -226,11 +226,7 @@ def time_calls(
   """
 
   def sample() -> float:
-    t0 = time.perf_counter()
-    for _ in range(plan.calls):
-      call()
-    sync()
-    return (time.perf_counter() - t0) / plan.calls
+    return seconds_per_call(call, sync, plan.calls)
 
   last = None
   for _ in range(plan.warmup):
@@ -247,6 +243,15 @@ def time_calls(
     "calls_per_sample": plan.calls,
     "samples_ms": ms,
   }
+
+
+def seconds_per_call(call, sync, calls: int) -> float:
+  """Seconds per call of ``calls`` back-to-back ``call()`` and one ``sync()``."""
+  t0 = time.perf_counter()
+  for _ in range(calls):
+    call()
+  sync()
+  return (time.perf_counter() - t0) / calls
 
 
 def time_memory_baselines(params, plan: TimingPlan) -> dict:
@@ -281,22 +286,37 @@ def time_memory_baselines(params, plan: TimingPlan) -> dict:
   return {"copy": copy_t, "read": read_t}
 
 
-def time_optimizer(tx, params, grads, plan: TimingPlan) -> dict:
-  """Times the step on a fresh copy of ``params`` (the step donates its inputs)."""
+def compiled_run(tx, params, grads) -> dict:
+  """A fresh copy of ``params`` (the step donates its inputs), its optimizer
+  state, the donated step compiled for them and the compile's seconds:
+  ``{"params", "state", "step", "compile_s"}``; ``step_once(run, grads)``
+  advances it."""
   run = {"params": jax.tree.map(jnp.copy, params)}
   run["state"] = jax.jit(tx.init)(run["params"])
   t0 = time.perf_counter()
-  compiled = (
+  run["step"] = (
     jax.jit(optimizer_step(tx), donate_argnums=(0, 1))
     .lower(run["params"], run["state"], grads)
     .compile()
   )
-  compile_s = time.perf_counter() - t0
+  run["compile_s"] = time.perf_counter() - t0
+  return run
 
-  def call():
-    run["params"], run["state"] = compiled(run["params"], run["state"], grads)
 
-  result = time_calls(call, lambda: jax.block_until_ready(run), plan)
+def step_once(run: dict, grads) -> None:
+  """One donated step of a `compiled_run`, dispatched (not waited for)."""
+  run["params"], run["state"] = run["step"](run["params"], run["state"], grads)
+
+
+def time_optimizer(tx, params, grads, plan: TimingPlan) -> dict:
+  """Times the step on a fresh copy of ``params`` (the step donates its inputs)."""
+  run = compiled_run(tx, params, grads)
+  compile_s = run["compile_s"]
+  result = time_calls(
+    lambda: step_once(run, grads),
+    lambda: jax.block_until_ready((run["params"], run["state"])),
+    plan,
+  )
   finite = bool(
     all(jnp.isfinite(x).all() for x in jax.tree.leaves(run["params"]))
   )
@@ -712,27 +732,17 @@ def time_side_by_side(cases: dict, params, grads, plan: TimingPlan) -> dict:
   ``plan.warmup + plan.repeats`` rounds takes one sample of every case in
   turn (warm-up rounds dropped), so a load change on a shared machine moves
   all cases alike and their ratios stay comparable."""
-  runs = {}
-  for name, tx in cases.items():
-    run = {"params": jax.tree.map(jnp.copy, params)}
-    run["state"] = jax.jit(tx.init)(run["params"])
-    run["step"] = (
-      jax.jit(optimizer_step(tx), donate_argnums=(0, 1))
-      .lower(run["params"], run["state"], grads)
-      .compile()
-    )
-    runs[name] = run
+  runs = {name: compiled_run(tx, params, grads) for name, tx in cases.items()}
   samples = {name: [] for name in runs}
   for i in range(plan.warmup + plan.repeats):
     for name, run in runs.items():
-      t0 = time.perf_counter()
-      for _ in range(plan.calls):
-        run["params"], run["state"] = run["step"](
-          run["params"], run["state"], grads
-        )
-      jax.block_until_ready((run["params"], run["state"]))
+      seconds = seconds_per_call(
+        lambda run=run: step_once(run, grads),
+        lambda run=run: jax.block_until_ready((run["params"], run["state"])),
+        plan.calls,
+      )
       if i >= plan.warmup:
-        samples[name].append(1e3 * (time.perf_counter() - t0) / plan.calls)
+        samples[name].append(1e3 * seconds)
   return samples
 
 
