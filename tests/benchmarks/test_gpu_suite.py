@@ -86,9 +86,11 @@ def test_a_part_at_its_limit_is_cut_and_the_bundle_is_still_three_files(
   assert "Cut at their limit: step_cost" in (out / "suite.md").read_text()
 
 
-def test_a_part_killed_mid_run_keeps_its_finished_cases(tmp_path):
-  """SIGINT, as `timeout --signal=INT` sends at a part's limit, once the
-  first case is recorded: the records stay, the summary tabulates them and
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_part_killed_mid_run_keeps_its_finished_cases(tmp_path, signum):
+  """SIGINT, as `timeout --signal=INT` sends at a part's limit (or SIGTERM,
+  a scheduler's), once the first case is recorded: the process ends at once
+  with 128 + the signal, the records stay, the summary tabulates them and
   marks the part cut."""
   work = tmp_path / "work"
   names = "adamw,sgd,adafactor,sinkgd_l1,sinkgd_l5,swan,muon,sinkgd_fast"
@@ -109,9 +111,9 @@ def test_a_part_killed_mid_run_keeps_its_finished_cases(tmp_path):
       assert proc.poll() is None, proc.stderr.read()
       assert time.monotonic() - start < 240
       time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     rc = proc.wait(timeout=60)
-  assert rc == 130  # 128 + SIGINT, at once (common.run_as_script)
+  assert rc == 128 + signum  # at once (common.run_as_script)
   kept = [r for r in common.read_records(records) if r["kind"] == "step"]
   assert 1 <= len(kept) < 8 and kept[0]["optimizer"] == "adamw"
   assert not (work / "step_cost" / "step_cost.md").exists()
